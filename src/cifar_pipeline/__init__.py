@@ -1,0 +1,7 @@
+"""Reproducible CIFAR-10/100 training: DVC stages, Keras 3 on TensorFlow, MLflow tracking."""
+
+import os
+
+# TensorFlow prints a screenful of INFO lines (CPU features, missing CUDA) at import in
+# every stage; keep warnings and errors. Set TF_CPP_MIN_LOG_LEVEL yourself to override.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")

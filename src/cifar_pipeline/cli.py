@@ -1,0 +1,28 @@
+"""What every stage script shares: validated params first, and one clear line on failure."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from cifar_pipeline.errors import PipelineError
+from cifar_pipeline.params import Params, load_params
+
+
+def run_stage(description: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+              body: Callable[[argparse.Namespace, Params], None]) -> None:
+    """Parse argv, load params.yaml (fail before any work), run the stage.
+
+    Problems a user can fix (`PipelineError`) print as one `error:` line and exit 2;
+    anything else is a bug and keeps its traceback.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    add_arguments(parser)
+    args = parser.parse_args()
+    try:
+        params = load_params()
+        body(args, params)
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

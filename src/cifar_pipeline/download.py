@@ -1,0 +1,155 @@
+"""Fetching an archive from an http(s) URL, a file:// URL or a local path, verified by MD5.
+
+Downloads stream into `<cache>/<md5>.part`, which survives an interrupted run; the next
+run asks the server for the rest (HTTP Range) and falls back to a full download if the
+server ignores the range. Only a file whose MD5 matches the param is moved to its final
+name, so a corrupt or substituted archive never reaches the parser.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from tqdm import tqdm
+
+from cifar_pipeline.archive import read_archive
+from cifar_pipeline.datasets import SPECS
+from cifar_pipeline.errors import PipelineError
+from cifar_pipeline.outputs import atomic_dir, save_arrays, write_json
+from cifar_pipeline.params import Params
+
+CHUNK = 1 << 20
+DOWNLOAD_CACHE = Path("data/.downloads")  # git-ignored; keeps archives and partial downloads across runs
+TIMEOUT_S = 60.0
+
+
+class DownloadError(PipelineError, RuntimeError):
+    """The archive could not be fetched, or what was fetched is not the expected file."""
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def local_path(url: str) -> Path | None:
+    """The file a `file://` URL or plain path names; None for network URLs."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme in ("http", "https"):
+        return None
+    if parsed.scheme and len(parsed.scheme) > 1:  # one letter is a Windows drive
+        raise DownloadError(f"unsupported URL scheme '{parsed.scheme}' in {url!r}: use https://, http://, file:// or a local path")
+    return Path(url).expanduser()
+
+
+def fetch(url: str, md5: str, cache_dir: Path, timeout: float = TIMEOUT_S) -> Path:
+    """Return a local path to the archive at `url` whose MD5 is `md5`.
+
+    A local file is verified in place (no copy); a network file is downloaded, or
+    resumed, into `cache_dir` and kept there so reruns need no network.
+    """
+    source = local_path(url)
+    if source is not None:
+        if not source.is_file():
+            raise DownloadError(f"{source} does not exist: fix the dataset url in params.yaml or put the archive there")
+        _verify(source, md5, url)
+        return source
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    final = cache_dir / f"{md5}.tar.gz"
+    if final.is_file() and md5sum(final) == md5:
+        return final
+    part = cache_dir / f"{md5}.tar.gz.part"
+    _download(url, part, timeout)
+    try:
+        _verify(part, md5, url)
+    except DownloadError:
+        part.unlink(missing_ok=True)  # a wrong file would otherwise be "resumed" forever
+        raise
+    os.replace(part, final)
+    return final
+
+
+def _verify(path: Path, md5: str, url: str) -> None:
+    actual = md5sum(path)
+    if actual != md5:
+        raise DownloadError(
+            f"MD5 mismatch for {url}: expected {md5}, got {actual} ({path.stat().st_size} bytes); "
+            f"the file is corrupt or not the archive the params expect: fix the url or md5 in params.yaml"
+        )
+
+
+def _download(url: str, part: Path, timeout: float) -> None:
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": "cifar-pipeline"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (scheme checked above)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and offset:
+            # The partial file is already as long as (or longer than) the resource: start over.
+            part.unlink()
+            return _download(url, part, timeout)
+        raise DownloadError(f"HTTP {err.code} {err.reason} for {url}: check the dataset url in params.yaml") from None
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise DownloadError(f"cannot reach {url}: {reason}; check the url and your network, or point the url at a local copy") from None
+
+    with response:
+        resuming = offset and response.status == 206 and _range_start(response) == offset
+        if not resuming:
+            offset = 0
+        length = response.headers.get("Content-Length")
+        total = offset + int(length) if length and length.isdigit() else None
+        try:
+            with open(part, "ab" if resuming else "wb") as out, tqdm(
+                total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+                desc=f"download {Path(urlparse(url).path).name}", disable=None,
+            ) as bar:
+                while chunk := response.read(CHUNK):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        except (TimeoutError, OSError) as err:
+            raise DownloadError(
+                f"download of {url} stopped after {part.stat().st_size} bytes: {err}; "
+                f"run again to resume from there"
+            ) from None
+    if total is not None and part.stat().st_size != total:
+        raise DownloadError(
+            f"download of {url} ended early ({part.stat().st_size} of {total} bytes); run again to resume"
+        )
+
+
+def _range_start(response) -> int | None:
+    """First byte of a 206 answer, from `Content-Range: bytes START-END/TOTAL`."""
+    value = response.headers.get("Content-Range", "")
+    try:
+        return int(value.split()[1].split("-")[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def download_dataset(dataset: str, params: Params, out_dir: Path, cache_dir: Path = DOWNLOAD_CACHE) -> None:
+    """Fetch and verify the archive, then store every image and label field as .npy."""
+    spec = SPECS[dataset]
+    source = params.dataset(dataset)
+    archive = fetch(source.url, source.md5, cache_dir)
+    raw = read_archive(archive, spec)
+    with atomic_dir(out_dir) as tmp:
+        save_arrays(tmp, train_images=raw.train_images, test_images=raw.test_images)
+        save_arrays(tmp, **{f"train_{field}": raw.train_labels[field] for field in spec.label_fields})
+        save_arrays(tmp, **{f"test_{field}": raw.test_labels[field] for field in spec.label_fields})
+        write_json(tmp / "classes.json", raw.class_names)
+    print(f"{dataset}: {len(raw.train_images)} training and {len(raw.test_images)} test images from {archive}")

@@ -1,0 +1,76 @@
+"""Test-set numbers from one pass of predictions: loss, top-1/top-5, per class, confusion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+
+from cifar_pipeline import tracking
+from cifar_pipeline.figures import confusion_matrix
+from cifar_pipeline.outputs import atomic_file, load_array, read_json, write_csv, write_json
+from cifar_pipeline.training import MODEL_FILE, RUN_FILE
+
+EPSILON = 1e-7  # Keras clips probabilities the same way before taking the log
+
+PREDICT_BATCH = 500
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    loss: float
+    accuracy: float
+    top5_accuracy: float
+    confusion: np.ndarray  # [actual, predicted] counts
+    predictions: np.ndarray
+
+    @property
+    def per_class_accuracy(self) -> np.ndarray:
+        totals = self.confusion.sum(axis=1)
+        return np.divide(np.diag(self.confusion), totals, out=np.zeros(len(totals)), where=totals > 0)
+
+    def metrics(self) -> dict[str, float]:
+        return {"test_loss": self.loss, "test_accuracy": self.accuracy, "test_top5_accuracy": self.top5_accuracy}
+
+
+def evaluate_probabilities(probabilities: np.ndarray, labels: np.ndarray) -> Evaluation:
+    labels = np.asarray(labels, dtype=np.int64)
+    n, num_classes = probabilities.shape
+    picked = probabilities[np.arange(n), labels]
+    loss = float(np.mean(-np.log(np.clip(picked, EPSILON, 1.0))))
+    predictions = probabilities.argmax(axis=1)
+    k = min(5, num_classes)
+    top_k = np.argpartition(-probabilities, k - 1, axis=1)[:, :k]
+    top5 = float(np.mean((top_k == labels[:, None]).any(axis=1)))
+    confusion = np.bincount(labels * num_classes + predictions, minlength=num_classes**2).reshape(num_classes, num_classes)
+    return Evaluation(
+        loss=loss,
+        accuracy=float(np.mean(predictions == labels)),
+        top5_accuracy=top5,
+        confusion=confusion,
+        predictions=predictions,
+    )
+
+
+def evaluate_model(dataset: str, split_dir: Path, model_dir: Path, metrics_json: Path, confusion_csv: Path, per_class_csv: Path) -> None:
+    """Score the saved model on raw uint8 test images (exactly what users will feed it)."""
+    names = read_json(split_dir / "classes.json")["names"]
+    labels = load_array(split_dir, "test_labels", mmap=False)
+    model = keras.models.load_model(model_dir / MODEL_FILE)
+    probabilities = model.predict(load_array(split_dir, "test_images", mmap=False), batch_size=PREDICT_BATCH, verbose=0)
+    result = evaluate_probabilities(probabilities, labels)
+    per_class = dict(zip(names, result.per_class_accuracy.round(6).tolist(), strict=True))
+
+    run_id = read_json(model_dir / RUN_FILE)["run_id"]
+    with tracking.resume_run(run_id):
+        mlflow.log_metrics(result.metrics())
+        mlflow.log_dict(per_class, "metrics/per_class_accuracy.json")
+        mlflow.log_figure(confusion_matrix(result.confusion, names, f"{dataset}: test confusion matrix"), "plots/confusion_matrix.png")
+        with atomic_file(metrics_json) as tmp:
+            write_json(tmp, result.metrics())
+        write_csv(confusion_csv, ["actual", "predicted"], zip([names[i] for i in labels], [names[i] for i in result.predictions], strict=True))
+        write_csv(per_class_csv, ["class", "accuracy"], per_class.items())
+    print(f"{dataset}: " + ", ".join(f"{key} {value:.4f}" for key, value in result.metrics().items()))

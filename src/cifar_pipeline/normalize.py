@@ -1,0 +1,70 @@
+"""Per-channel standardisation, with statistics from the training split only.
+
+The seed script normalised with `range(0, 2)`, touching red and green but never blue;
+here all three channels are computed and applied by the same vectorised code. Stats
+use float64 accumulators over chunks, so full CIFAR needs no float64 copy in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cifar_pipeline.outputs import atomic_dir, load_array, write_json
+
+CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    """Mean and standard deviation per RGB channel, in 0-255 pixel units."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def to_json(self) -> dict[str, list[float]]:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_json(cls, value: dict[str, list[float]]) -> ChannelStats:
+        return cls(mean=tuple(value["mean"]), std=tuple(value["std"]))
+
+
+def channel_stats(images: np.ndarray) -> ChannelStats:
+    """Mean and (population) std of each channel over every pixel of every image."""
+    total = np.zeros(3)
+    total_sq = np.zeros(3)
+    for start in range(0, len(images), CHUNK):
+        chunk = np.asarray(images[start:start + CHUNK], dtype=np.float64).reshape(-1, 3)
+        total += chunk.sum(axis=0)
+        total_sq += np.square(chunk).sum(axis=0)
+    count = len(images) * images.shape[1] * images.shape[2]
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    # A constant channel (only in synthetic data) would divide by zero.
+    std = np.where(std < 1e-6, 1.0, std)
+    return ChannelStats(mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))
+
+
+def write_normalized(images: np.ndarray, stats: ChannelStats, path: Path) -> None:
+    """(images - mean) / std as float32, written chunk by chunk into an .npy file."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=images.shape)
+    mean = np.asarray(stats.mean, dtype=np.float32)
+    scale = 1.0 / np.asarray(stats.std, dtype=np.float32)
+    for start in range(0, len(images), CHUNK):
+        chunk = np.asarray(images[start:start + CHUNK], dtype=np.float32)
+        out[start:start + CHUNK] = (chunk - mean) * scale
+    out.flush()
+    del out
+
+
+def normalize_dataset(split_dir: Path, out_dir: Path) -> None:
+    """Stats from the training split only; all three channels; float32 arrays for every split."""
+    stats = channel_stats(load_array(split_dir, "train_images"))
+    with atomic_dir(out_dir) as tmp:
+        for part in ("train", "val", "test"):
+            write_normalized(load_array(split_dir, f"{part}_images"), stats, tmp / f"{part}_images.npy")
+        write_json(tmp / "stats.json", stats.to_json())
+    print(f"channel mean {np.round(stats.mean, 2).tolist()}, std {np.round(stats.std, 2).tolist()}")

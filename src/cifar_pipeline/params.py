@@ -1,0 +1,286 @@
+"""The one loader of `params.yaml`: parse, validate everything, return frozen dataclasses.
+
+Every stage calls `load_params` before doing any work, so a typo or an out-of-range
+value stops the pipeline with one message naming the key and what is allowed, instead
+of surfacing as a shape error an hour into training. Every key must be present:
+`params.yaml` is the single source of truth, and DVC tracks exactly those keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cifar_pipeline.datasets import SPECS
+from cifar_pipeline.errors import PipelineError
+
+DEFAULT_PATH = Path("params.yaml")
+LR_SCHEDULES = ("step", "constant")
+
+
+class ParamsError(PipelineError, ValueError):
+    """params.yaml is unreadable or holds a key or value the pipeline cannot use."""
+
+
+@dataclass(frozen=True)
+class DataParams:
+    url: str
+    md5: str
+    label_mode: str
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    val_fraction: float
+    seed: int
+    max_train_images: int | None
+    max_test_images: int | None
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    filters: tuple[int, ...]
+    dropouts: tuple[float, ...]
+    dense_units: int
+    activation: str
+
+
+@dataclass(frozen=True)
+class ScheduleParams:
+    kind: str
+    boundaries: tuple[int, ...]
+    factor: float
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    flip: bool
+    shift: int
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    seed: int
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    lr_schedule: ScheduleParams
+    augment: AugmentParams
+    model: ModelParams
+
+
+@dataclass(frozen=True)
+class Params:
+    datasets: tuple[str, ...]
+    data: dict[str, DataParams]
+    split: SplitParams
+    train: TrainParams
+
+    def dataset(self, name: str) -> DataParams:
+        if name not in self.datasets:
+            raise ParamsError(
+                f"params.yaml: dataset '{name}' is not in 'datasets' {list(self.datasets)}; "
+                f"add it there (dvc.yaml generates one set of stages per listed dataset)"
+            )
+        return self.data[name]
+
+
+def load_params(path: Path | str = DEFAULT_PATH) -> Params:
+    """Read and validate the whole params file; raise `ParamsError` on the first problem."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path} not found: run from the project root, where params.yaml lives") from None
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ParamsError(f"{path} is not valid YAML{at}: {getattr(err, 'problem', err)}; fix the syntax") from None
+    return parse_params(raw)
+
+
+def parse_params(raw: Any) -> Params:
+    top = _mapping(raw, "", {"datasets", "data", "split", "train"})
+    datasets = _dataset_list(top["datasets"])
+    data_raw = _mapping(top["data"], "data", set(SPECS), required=set(datasets))
+    data = {name: _data(value, name) for name, value in data_raw.items()}
+    return Params(datasets=datasets, data=data, split=_split(top["split"]), train=_train(top["train"]))
+
+
+def flatten(params: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys for MLflow, e.g. `train.model.filters` -> "[32, 64, 128, 256]"."""
+    items: dict[str, Any] = {}
+    values = {f.name: getattr(params, f.name) for f in fields(params)} if hasattr(params, "__dataclass_fields__") else params
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if hasattr(value, "__dataclass_fields__") or isinstance(value, dict):
+            items.update(flatten(value, f"{name}."))
+        else:
+            items[name] = list(value) if isinstance(value, tuple) else value
+    return items
+
+
+# --- section parsers -------------------------------------------------------------------
+
+
+def _dataset_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ParamsError(
+            f"params.yaml: 'datasets' must be a non-empty list of dataset names from {sorted(SPECS)}, "
+            f"got {value!r}"
+        )
+    for name in value:
+        if name not in SPECS:
+            raise ParamsError(f"params.yaml: 'datasets' names unknown dataset {name!r}{_did_you_mean(name, SPECS)}; "
+                              f"allowed: {sorted(SPECS)}")
+    if len(set(value)) != len(value):
+        raise ParamsError(f"params.yaml: 'datasets' lists a dataset twice: {value}")
+    return tuple(value)
+
+
+def _data(value: Any, name: str) -> DataParams:
+    spec = SPECS[name]
+    where = f"data.{name}"
+    has_modes = len(spec.label_fields) > 1
+    keys = {"url", "md5"} | ({"label_mode"} if has_modes else set())
+    section = _mapping(value, where, keys)
+    url = _string(section["url"], f"{where}.url")
+    md5 = _string(section["md5"], f"{where}.md5").lower()
+    if not re.fullmatch(r"[0-9a-f]{32}", md5):
+        raise ParamsError(f"params.yaml: {where}.md5 must be 32 hexadecimal digits, got {section['md5']!r}")
+    label_mode = spec.default_label_mode
+    if has_modes:
+        label_mode = _choice(section["label_mode"], f"{where}.label_mode", spec.label_fields)
+    return DataParams(url=url, md5=md5, label_mode=label_mode)
+
+
+def _split(value: Any) -> SplitParams:
+    section = _mapping(value, "split", {"val_fraction", "seed", "max_train_images", "max_test_images"})
+    fraction = _number(section["val_fraction"], "split.val_fraction")
+    if not 0.0 < fraction < 1.0:
+        raise ParamsError(f"params.yaml: split.val_fraction must be between 0 and 1 (exclusive), got {fraction}")
+    return SplitParams(
+        val_fraction=fraction,
+        seed=_integer(section["seed"], "split.seed", minimum=0),
+        max_train_images=_optional_integer(section["max_train_images"], "split.max_train_images", minimum=2),
+        max_test_images=_optional_integer(section["max_test_images"], "split.max_test_images", minimum=1),
+    )
+
+
+def _train(value: Any) -> TrainParams:
+    section = _mapping(value, "train", {"seed", "epochs", "batch_size", "learning_rate", "lr_schedule", "augment", "model"})
+    rate = _number(section["learning_rate"], "train.learning_rate")
+    if rate <= 0:
+        raise ParamsError(f"params.yaml: train.learning_rate must be > 0, got {rate}")
+    return TrainParams(
+        seed=_integer(section["seed"], "train.seed", minimum=0),
+        epochs=_integer(section["epochs"], "train.epochs", minimum=1),
+        batch_size=_integer(section["batch_size"], "train.batch_size", minimum=1),
+        learning_rate=rate,
+        lr_schedule=_schedule(section["lr_schedule"]),
+        augment=_augment(section["augment"]),
+        model=_model(section["model"]),
+    )
+
+
+def _schedule(value: Any) -> ScheduleParams:
+    section = _mapping(value, "train.lr_schedule", {"kind", "boundaries", "factor"})
+    kind = _choice(section["kind"], "train.lr_schedule.kind", LR_SCHEDULES)
+    boundaries = tuple(_integer_list(section["boundaries"], "train.lr_schedule.boundaries", minimum=1, allow_empty=True))
+    if list(boundaries) != sorted(set(boundaries)):
+        raise ParamsError(f"params.yaml: train.lr_schedule.boundaries must be strictly increasing, got {list(boundaries)}")
+    factor = _number(section["factor"], "train.lr_schedule.factor")
+    if not 0.0 < factor <= 1.0:
+        raise ParamsError(f"params.yaml: train.lr_schedule.factor must be in (0, 1], got {factor}")
+    return ScheduleParams(kind=kind, boundaries=boundaries, factor=factor)
+
+
+def _augment(value: Any) -> AugmentParams:
+    section = _mapping(value, "train.augment", {"flip", "shift"})
+    flip = section["flip"]
+    if not isinstance(flip, bool):
+        raise ParamsError(f"params.yaml: train.augment.flip must be true or false, got {flip!r}")
+    return AugmentParams(flip=flip, shift=_integer(section["shift"], "train.augment.shift", minimum=0, maximum=16))
+
+
+def _model(value: Any) -> ModelParams:
+    section = _mapping(value, "train.model", {"filters", "dropouts", "dense_units", "activation"})
+    filters = tuple(_integer_list(section["filters"], "train.model.filters", minimum=1))
+    if len(filters) > 5:
+        raise ParamsError(f"params.yaml: train.model.filters has {len(filters)} blocks; at most 5 fit a 32x32 image (each block halves it)")
+    dropouts = section["dropouts"]
+    if not isinstance(dropouts, list) or len(dropouts) != len(filters):
+        raise ParamsError(f"params.yaml: train.model.dropouts must be a list with one rate per block ({len(filters)}), got {dropouts!r}")
+    rates = tuple(_number(rate, f"train.model.dropouts[{i}]") for i, rate in enumerate(dropouts))
+    if any(not 0.0 <= rate < 1.0 for rate in rates):
+        raise ParamsError(f"params.yaml: train.model.dropouts must each be in [0, 1), got {list(rates)}")
+    activation = _choice(section["activation"], "train.model.activation", ("relu", "elu", "gelu", "swish"))
+    return ModelParams(filters=filters, dropouts=rates, dense_units=_integer(section["dense_units"], "train.model.dense_units", minimum=1),
+                       activation=activation)
+
+
+# --- value checkers --------------------------------------------------------------------
+
+
+def _did_you_mean(key: str, allowed: Any) -> str:
+    close = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _mapping(value: Any, where: str, allowed: set[str], required: set[str] | None = None) -> dict[str, Any]:
+    label = where or "the top level"
+    if not isinstance(value, dict):
+        raise ParamsError(f"params.yaml: {label} must be a mapping of keys {sorted(allowed)}, got {value!r}")
+    prefix = f"{where}." if where else ""
+    for key in value:
+        if key not in allowed:
+            raise ParamsError(
+                f"params.yaml: unknown key '{prefix}{key}'{_did_you_mean(key, allowed)}; "
+                f"allowed keys in {label}: {sorted(allowed)}"
+            )
+    for key in sorted(allowed if required is None else required):
+        if key not in value:
+            raise ParamsError(f"params.yaml: missing key '{prefix}{key}'; add it (see the README's params table)")
+    return value
+
+
+def _string(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ParamsError(f"params.yaml: {where} must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _choice(value: Any, where: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ParamsError(f"params.yaml: {where} must be one of {list(allowed)}, got {value!r}{_did_you_mean(value, allowed)}")
+    return value
+
+
+def _integer(value: Any, where: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ParamsError(f"params.yaml: {where} must be an integer, got {value!r}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise ParamsError(f"params.yaml: {where} must be an integer {bounds}, got {value}")
+    return value
+
+
+def _optional_integer(value: Any, where: str, minimum: int) -> int | None:
+    return None if value is None else _integer(value, where, minimum=minimum)
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ParamsError(f"params.yaml: {where} must be a number, got {value!r}")
+    return float(value)
+
+
+def _integer_list(value: Any, where: str, minimum: int, allow_empty: bool = False) -> list[int]:
+    if not isinstance(value, list) or (not value and not allow_empty):
+        raise ParamsError(f"params.yaml: {where} must be a {'' if allow_empty else 'non-empty '}list of integers, got {value!r}")
+    return [_integer(item, f"{where}[{i}]", minimum=minimum) for i, item in enumerate(value)]

@@ -1,0 +1,92 @@
+"""Seeded, stratified sampling: the train/validation split and the quick-try subsample.
+
+The seed script split without a seed, so no run could be repeated; here the indices
+come from `numpy.random.default_rng(seed)` alone and are saved next to the arrays.
+Stratifying keeps every class's share the same in each part, which matters most on
+the small subsamples used for quick tries (CIFAR-100 has only 500 images a class).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cifar_pipeline.outputs import atomic_dir, load_array, read_json, save_arrays, write_json
+from cifar_pipeline.params import Params
+
+
+def allocate(counts: np.ndarray, total: int) -> np.ndarray:
+    """Split `total` over classes in proportion to `counts` (largest remainder, exact sum)."""
+    exact = counts * (total / counts.sum())
+    quota = np.floor(exact).astype(np.int64)
+    # Hand the leftover one by one to the largest remainders; ties go to the lower class id.
+    leftover = total - int(quota.sum())
+    order = np.lexsort((np.arange(len(counts)), -(exact - quota)))
+    quota[order[:leftover]] += 1
+    return np.minimum(quota, counts)
+
+
+def stratified_take(labels: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Pick `k` indices class-proportionally; return (taken, rest), each sorted."""
+    _classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    quota = allocate(counts, k)
+    taken = []
+    for index, want in enumerate(quota):
+        members = np.flatnonzero(inverse == index)
+        taken.append(rng.permutation(members)[:want])
+    chosen = np.sort(np.concatenate(taken)) if taken else np.empty(0, np.int64)
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[chosen] = True
+    return chosen, np.flatnonzero(~mask)
+
+
+def train_val_split(
+    labels: np.ndarray, val_fraction: float, seed: int, max_images: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into the official training set: (train, validation).
+
+    `max_images` first draws a stratified subsample of the whole training set (for
+    quick tries); the validation share is then taken from that subsample.
+    """
+    rng = np.random.default_rng(seed)
+    pool = np.arange(len(labels))
+    if max_images is not None and max_images < len(labels):
+        pool, _ = stratified_take(labels, max_images, rng)
+    n_val = round(len(pool) * val_fraction)
+    if n_val < 1 or n_val >= len(pool):
+        raise ValueError(
+            f"val_fraction {val_fraction} of {len(pool)} images leaves an empty train or validation set; "
+            f"use more images (split.max_train_images) or another split.val_fraction"
+        )
+    val_local, train_local = stratified_take(labels[pool], n_val, rng)
+    return pool[train_local], pool[val_local]
+
+
+def select_test_images(labels: np.ndarray, max_images: int | None, seed: int) -> np.ndarray:
+    """Indices of the test images to evaluate on: all, or a stratified subsample."""
+    if max_images is None or max_images >= len(labels):
+        return np.arange(len(labels))
+    taken, _ = stratified_take(labels, max_images, np.random.default_rng(seed))
+    return taken
+
+
+def split_dataset(dataset: str, params: Params, raw_dir: Path, out_dir: Path) -> None:
+    """Seeded stratified train/validation split; indices saved beside the arrays."""
+    mode = params.dataset(dataset).label_mode
+    settings = params.split
+    labels = load_array(raw_dir, f"train_{mode}", mmap=False)
+    train_idx, val_idx = train_val_split(labels, settings.val_fraction, settings.seed, settings.max_train_images)
+    test_labels = load_array(raw_dir, f"test_{mode}", mmap=False)
+    test_idx = select_test_images(test_labels, settings.max_test_images, settings.seed)
+    images = load_array(raw_dir, "train_images")
+    test_images = load_array(raw_dir, "test_images")
+    with atomic_dir(out_dir) as tmp:
+        save_arrays(
+            tmp,
+            train_images=images[train_idx], train_labels=labels[train_idx], train_indices=train_idx,
+            val_images=images[val_idx], val_labels=labels[val_idx], val_indices=val_idx,
+            test_images=test_images[test_idx], test_labels=test_labels[test_idx], test_indices=test_idx,
+        )
+        write_json(tmp / "classes.json", {"label_mode": mode, "names": read_json(raw_dir / "classes.json")[mode]})
+    print(f"{dataset}: {len(train_idx)} train / {len(val_idx)} validation / {len(test_idx)} test images ({mode} labels)")

@@ -1,0 +1,15 @@
+"""DVC stage: per-channel standardisation with training-split statistics."""
+
+from pathlib import Path
+
+from cifar_pipeline.cli import run_stage
+from cifar_pipeline.normalize import normalize_dataset
+
+
+def arguments(parser):
+    parser.add_argument("split_dir", type=Path)
+    parser.add_argument("out_dir", type=Path)
+
+
+if __name__ == "__main__":
+    run_stage(__doc__, arguments, lambda args, params: normalize_dataset(args.split_dir, args.out_dir))

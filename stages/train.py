@@ -1,0 +1,19 @@
+"""DVC stage: train one model, tracked in MLflow; writes the model folder and the history CSV."""
+
+from pathlib import Path
+
+from cifar_pipeline.cli import run_stage
+from cifar_pipeline.training import train
+
+
+def arguments(parser):
+    parser.add_argument("dataset")
+    parser.add_argument("split_dir", type=Path)
+    parser.add_argument("normalized_dir", type=Path)
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("history_csv", type=Path)
+
+
+if __name__ == "__main__":
+    run_stage(__doc__, arguments, lambda args, params: train(
+        args.dataset, params, args.split_dir, args.normalized_dir, args.model_dir, args.history_csv))
