@@ -118,7 +118,7 @@ def _download(url: str, part: Path, timeout: float) -> None:
                 total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
                 desc=f"download {Path(urlparse(url).path).name}", disable=None,
             ) as bar:
-                while chunk := response.read(CHUNK):
+                while chunk := response.read1(CHUNK):  # read1: keep bytes already received if the link stalls
                     out.write(chunk)
                     bar.update(len(chunk))
         except (TimeoutError, OSError) as err:

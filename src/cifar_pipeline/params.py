@@ -227,9 +227,9 @@ def _model(value: Any) -> ModelParams:
 # --- value checkers --------------------------------------------------------------------
 
 
-def _did_you_mean(key: str, allowed: Any) -> str:
+def _did_you_mean(key: Any, allowed: Any, prefix: str = "") -> str:
     close = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
 
 
 def _mapping(value: Any, where: str, allowed: set[str], required: set[str] | None = None) -> dict[str, Any]:
@@ -240,7 +240,7 @@ def _mapping(value: Any, where: str, allowed: set[str], required: set[str] | Non
     for key in value:
         if key not in allowed:
             raise ParamsError(
-                f"params.yaml: unknown key '{prefix}{key}'{_did_you_mean(key, allowed)}; "
+                f"params.yaml: unknown key '{prefix}{key}'{_did_you_mean(key, allowed, prefix)}; "
                 f"allowed keys in {label}: {sorted(allowed)}"
             )
     for key in sorted(allowed if required is None else required):

@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny official-layout archives and a local HTTP server serving them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from archives import build_archive
+from http_server import ArchiveServer, serve
+
+ARCHIVE_NAMES = {"cifar10": "cifar-10-binary.tar.gz", "cifar100": "cifar-100-binary.tar.gz"}
+
+
+@pytest.fixture(scope="session")
+def archive_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("archives")
+
+
+@pytest.fixture(scope="session")
+def archives(archive_dir: Path) -> dict[str, tuple[Path, str]]:
+    """dataset -> (archive path, md5): CIFAR-10 with 5x60 train / 60 test, CIFAR-100 with 400 / 100."""
+    sizes = {"cifar10": (60, 60), "cifar100": (400, 100)}
+    result = {}
+    for dataset, (train, test) in sizes.items():
+        path = archive_dir / ARCHIVE_NAMES[dataset]
+        result[dataset] = (path, build_archive(path, dataset, train_per_file=train, test=test))
+    return result
+
+
+@pytest.fixture(scope="session")
+def session_server(archive_dir: Path, archives) -> Iterator[ArchiveServer]:
+    httpd, thread = serve(archive_dir)
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def server(session_server: ArchiveServer) -> ArchiveServer:
+    """The session's server with its switches reset for this test."""
+    session_server.honour_range = True
+    session_server.stall_after = None
+    session_server.ranges.clear()
+    return session_server

@@ -1,0 +1,67 @@
+"""A throwaway copy of this project (its own git + DVC repo) for end-to-end runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", ".gitignore", "stages", "src"]
+TINY_TRAIN = {
+    "epochs": 2,
+    "batch_size": 32,
+    "model": {"filters": [4, 8], "dropouts": [0.1, 0.1], "dense_units": 16, "activation": "relu"},
+}
+
+
+def environment() -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.org",
+               GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.org")
+    return env
+
+
+def run(cwd: Path, *command: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, env=environment(), capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def create(dest: Path, data: dict[str, dict]) -> Path:
+    """Copy the project, point each dataset at `data[name]` ({url, md5}), shrink training."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, dest / name)
+
+    def shrink(params: dict) -> None:
+        for name, values in data.items():
+            params["data"][name].update(values)
+        params["train"].update(TINY_TRAIN)
+
+    edit_params(dest, shrink)
+    run(dest, "git", "init", "-q")
+    run(dest, "dvc", "init", "-q")
+    run(dest, "git", "add", "-A")
+    run(dest, "git", "commit", "-qm", "project copy")
+    return dest
+
+
+def edit_params(project: Path, change) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    change(params)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def stages_run(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]

@@ -1,0 +1,96 @@
+import gzip
+import tarfile
+
+import numpy as np
+import pytest
+from archives import build_archive
+
+from cifar_pipeline.archive import read_archive
+from cifar_pipeline.datasets import CIFAR10, CIFAR100, DataFormatError
+
+
+@pytest.mark.parametrize(("spec", "n_train", "n_test"), [(CIFAR10, 5 * 12, 12), (CIFAR100, 30, 12)], ids=["cifar10", "cifar100"])
+def test_reads_every_batch_and_the_label_names(tmp_path, spec, n_train, n_test):
+    path = tmp_path / "a.tar.gz"
+    build_archive(path, spec.name, train_per_file=n_train // len(spec.train_files), test=n_test)
+    raw = read_archive(path, spec)
+    assert raw.train_images.shape == (n_train, 32, 32, 3)
+    assert raw.test_images.shape == (n_test, 32, 32, 3)
+    assert set(raw.train_labels) == set(spec.label_fields)
+    for field in spec.label_fields:
+        assert len(raw.class_names[field]) == spec.num_classes[field]
+        assert raw.class_names[field][1] == f"{field}_1"
+
+
+def test_record_count_comes_from_file_size(tmp_path):
+    path = tmp_path / "a.tar.gz"
+    build_archive(path, "cifar10", train_per_file=7, test=3)
+    assert len(read_archive(path, CIFAR10).train_images) == 35
+
+
+def _member(name, kind, **extra):
+    member = tarfile.TarInfo(name)
+    member.type = kind
+    for key, value in extra.items():
+        setattr(member, key, value)
+    return member
+
+
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        (_member("../escape.bin", tarfile.REGTYPE, size=4), "outside the output folder"),
+        (_member("cifar-10-batches-bin/../../escape.bin", tarfile.REGTYPE, size=4), "outside the output folder"),
+        (_member("/etc/evil", tarfile.REGTYPE, size=4), "outside the output folder"),
+        (_member("cifar-10-batches-bin/link", tarfile.SYMTYPE, linkname="/etc/passwd"), "is a link"),
+        (_member("cifar-10-batches-bin/hard", tarfile.LNKTYPE, linkname="cifar-10-batches-bin/test_batch.bin"), "is a link"),
+        (_member("cifar-10-batches-bin/dev", tarfile.CHRTYPE, devmajor=1, devminor=3), "special file"),
+        (_member("cifar-10-batches-bin/fifo", tarfile.FIFOTYPE), "special file"),
+    ],
+    ids=["dotdot", "nested-dotdot", "absolute", "symlink", "hardlink", "device", "fifo"],
+)
+def test_unsafe_members_refuse_the_whole_archive(tmp_path, member, message):
+    path = tmp_path / "a.tar.gz"
+    build_archive(path, "cifar10", train_per_file=2, test=2, extra=[member])
+    with pytest.raises(DataFormatError, match=message):
+        read_archive(path, CIFAR10)
+    assert list(tmp_path.iterdir()) == [path]  # nothing was extracted anywhere
+
+
+def test_truncated_gzip(tmp_path):
+    path = tmp_path / "a.tar.gz"
+    build_archive(path, "cifar10", train_per_file=20, test=20)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DataFormatError, match="not a readable .tar.gz"):
+        read_archive(path, CIFAR10)
+
+
+@pytest.mark.parametrize("content", [b"<html>not found</html>", gzip.compress(b"plain text, not a tar")], ids=["not-gzip", "gzip-not-tar"])
+def test_not_a_tar_gz(tmp_path, content):
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(content)
+    with pytest.raises(DataFormatError, match="not a readable .tar.gz"):
+        read_archive(path, CIFAR10)
+
+
+def test_missing_batch_file(tmp_path):
+    path = tmp_path / "a.tar.gz"
+    build_archive(path, "cifar10", train_per_file=2, test=2, override={"data_batch_3.bin": None})
+    with pytest.raises(DataFormatError, match="data_batch_3.bin is missing"):
+        read_archive(path, CIFAR10)
+
+
+def test_truncated_batch_file(tmp_path):
+    path = tmp_path / "a.tar.gz"
+    build_archive(path, "cifar100", train_per_file=2, test=2, override={"test.bin": np.zeros(3074 * 2 - 1, np.uint8).tobytes()})
+    with pytest.raises(DataFormatError, match="test.bin: 6147 bytes is not a whole number"):
+        read_archive(path, CIFAR100)
+
+
+def test_label_out_of_range_in_archive(tmp_path):
+    bad = np.zeros(3074, np.uint8)
+    bad[1] = 100  # fine label 100 of 0..99
+    path = tmp_path / "a.tar.gz"
+    build_archive(path, "cifar100", train_per_file=2, test=2, override={"train.bin": bad.tobytes()})
+    with pytest.raises(DataFormatError, match="fine label 100"):
+        read_archive(path, CIFAR100)

@@ -1,0 +1,89 @@
+import hashlib
+
+import pytest
+
+from cifar_pipeline.download import DownloadError, fetch, local_path
+
+
+def test_http_download_is_verified_and_kept(server, archives, tmp_path):
+    path, md5 = archives["cifar10"]
+    got = fetch(server.url(path.name), md5, tmp_path)
+    assert got == tmp_path / f"{md5}.tar.gz"
+    assert got.read_bytes() == path.read_bytes()
+    fetch(server.url(path.name), md5, tmp_path)
+    assert len(server.ranges) == 1  # second call used the verified copy
+
+
+def test_resumes_a_partial_download_with_range(server, archives, tmp_path):
+    path, md5 = archives["cifar100"]
+    half = path.stat().st_size // 2
+    (tmp_path / f"{md5}.tar.gz.part").write_bytes(path.read_bytes()[:half])
+    got = fetch(server.url(path.name), md5, tmp_path)
+    assert server.ranges == [f"bytes={half}-"]
+    assert hashlib.md5(got.read_bytes()).hexdigest() == md5
+
+
+def test_server_without_range_support_falls_back_to_full_download(server, archives, tmp_path):
+    path, md5 = archives["cifar10"]
+    server.honour_range = False
+    (tmp_path / f"{md5}.tar.gz.part").write_bytes(path.read_bytes()[:1000])
+    got = fetch(server.url(path.name), md5, tmp_path)
+    assert got.read_bytes() == path.read_bytes()
+
+
+def test_partial_longer_than_the_file_starts_over(server, archives, tmp_path):
+    path, md5 = archives["cifar10"]
+    (tmp_path / f"{md5}.tar.gz.part").write_bytes(path.read_bytes() + b"junk")
+    assert fetch(server.url(path.name), md5, tmp_path).read_bytes() == path.read_bytes()
+
+
+def test_md5_mismatch_is_an_error_and_leaves_nothing(server, archives, tmp_path):
+    path, _ = archives["cifar10"]
+    with pytest.raises(DownloadError, match="MD5 mismatch .* expected 0{32}"):
+        fetch(server.url(path.name), "0" * 32, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("form", ["path", "file-url"])
+def test_local_archives_are_verified_in_place(archives, tmp_path, form):
+    path, md5 = archives["cifar10"]
+    url = str(path) if form == "path" else path.as_uri()
+    assert fetch(url, md5, tmp_path) == path
+    with pytest.raises(DownloadError, match="MD5 mismatch"):
+        fetch(url, "f" * 32, tmp_path)
+
+
+def test_missing_local_file(tmp_path):
+    with pytest.raises(DownloadError, match="does not exist"):
+        fetch(str(tmp_path / "nope.tar.gz"), "0" * 32, tmp_path)
+
+
+def test_http_404(server, tmp_path):
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        fetch(server.url("missing.tar.gz"), "0" * 32, tmp_path)
+
+
+def test_connection_refused(tmp_path):
+    import socket
+
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(DownloadError, match="cannot reach"):
+        fetch(f"http://127.0.0.1:{port}/a.tar.gz", "0" * 32, tmp_path)
+
+
+def test_stalled_server_times_out_and_keeps_the_partial_for_resume(server, archives, tmp_path):
+    path, md5 = archives["cifar100"]
+    server.stall_after = 5000
+    with pytest.raises(DownloadError, match="run again to resume"):
+        fetch(server.url(path.name), md5, tmp_path, timeout=0.5)
+    assert (tmp_path / f"{md5}.tar.gz.part").stat().st_size == 5000
+    server.stall_after = None
+    assert fetch(server.url(path.name), md5, tmp_path).read_bytes() == path.read_bytes()
+    assert server.ranges[-1] == "bytes=5000-"
+
+
+def test_unsupported_scheme():
+    with pytest.raises(DownloadError, match="unsupported URL scheme 'ftp'"):
+        local_path("ftp://example.org/a.tar.gz")

@@ -1,0 +1,107 @@
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cifar_pipeline.params import ParamsError, flatten, load_params, parse_params
+
+PROJECT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+@pytest.fixture
+def raw():
+    return yaml.safe_load(PROJECT_PARAMS.read_text())
+
+
+def test_project_params_are_valid_and_follow_the_seed_recipe():
+    params = load_params(PROJECT_PARAMS)
+    assert params.datasets == ("cifar10", "cifar100")
+    assert params.data["cifar100"].label_mode == "fine"
+    assert params.data["cifar10"].md5 == "c32a1d4ab5d03f1284b67883e8d87530"
+    assert params.data["cifar100"].md5 == "03b5dce01913d631647c71ecec9e9cb8"
+    assert params.split.val_fraction == 0.1
+    train = params.train
+    assert (train.epochs, train.batch_size, train.learning_rate) == (200, 128, 0.005)
+    assert train.model.filters == (32, 64, 128, 256)
+    assert train.model.dropouts == (0.25, 0.35, 0.45, 0.35)
+    assert train.model.dense_units == 1024
+    assert (train.augment.flip, train.augment.shift) == (True, 4)
+    assert train.lr_schedule.kind == "step"
+
+
+def _with(raw, path, value):
+    changed = copy.deepcopy(raw)
+    node = changed
+    keys = path.split(".")
+    for key in keys[:-1]:
+        node = node[key]
+    if value is KeyError:
+        del node[keys[-1]]
+    else:
+        node[keys[-1]] = value
+    return changed
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("train.epoch", 3, r"unknown key 'train.epoch' \(did you mean 'train.epochs'\?\)"),
+        ("split.val_fraction", 1.5, r"split.val_fraction must be between 0 and 1"),
+        ("split.val_fraction", 0, r"split.val_fraction must be between 0 and 1"),
+        ("split.val_fraction", "ten", r"split.val_fraction must be a number, got 'ten'"),
+        ("train.epochs", 0, r"train.epochs must be an integer >= 1, got 0"),
+        ("train.epochs", -3, r"train.epochs must be an integer >= 1, got -3"),
+        ("train.epochs", "5", r"train.epochs must be an integer, got '5'"),
+        ("train.batch_size", 0, r"train.batch_size must be an integer >= 1"),
+        ("train.batch_size", 12.5, r"train.batch_size must be an integer, got 12.5"),
+        ("train.augment.flip", "yes", r"train.augment.flip must be true or false"),
+        ("datasets", ["cifar10", "cifar1000"], r"unknown dataset 'cifar1000' \(did you mean 'cifar100'\?\)"),
+        ("datasets", [], r"'datasets' must be a non-empty list"),
+        ("datasets", ["cifar10", "cifar10"], r"lists a dataset twice"),
+        ("data.cifar100.label_mode", "medium", r"data.cifar100.label_mode must be one of \['coarse', 'fine'\], got 'medium'"),
+        ("data.cifar10.label_mode", "fine", r"unknown key 'data.cifar10.label_mode'"),
+        ("data.cifar10.md5", "abc", r"data.cifar10.md5 must be 32 hexadecimal digits"),
+        ("data.cifar10", KeyError, r"missing key 'data.cifar10'"),
+        ("train.lr_schedule.kind", "cosine", r"train.lr_schedule.kind must be one of \['step', 'constant'\]"),
+        ("train.lr_schedule.boundaries", [100, 50], r"strictly increasing"),
+        ("train.model.dropouts", [0.1], r"one rate per block \(4\)"),
+        ("train.model.filters", [8] * 6, r"at most 5 fit"),
+        ("train.learning_rate", -1, r"train.learning_rate must be > 0"),
+        ("split.max_train_images", 1, r"split.max_train_images must be an integer >= 2"),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_allowed(raw, path, value, message):
+    with pytest.raises(ParamsError, match=message):
+        parse_params(_with(raw, path, value))
+
+
+def test_a_dataset_section_may_stay_when_the_dataset_is_not_listed(raw):
+    params = parse_params(_with(raw, "datasets", ["cifar10"]))
+    assert params.datasets == ("cifar10",)
+    with pytest.raises(ParamsError, match="'cifar100' is not in 'datasets'"):
+        params.dataset("cifar100")
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  epochs: [1,\n  batch_size: 3\n")
+    with pytest.raises(ParamsError, match=r"not valid YAML at line \d+"):
+        load_params(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_top_level_must_be_a_mapping():
+    with pytest.raises(ParamsError, match="the top level must be a mapping"):
+        parse_params(["datasets"])
+
+
+def test_flatten_gives_dotted_keys_with_lists():
+    flat = flatten(load_params(PROJECT_PARAMS).train, "train.")
+    assert flat["train.model.filters"] == [32, 64, 128, 256]
+    assert flat["train.lr_schedule.kind"] == "step"
+    assert flat["train.epochs"] == 200

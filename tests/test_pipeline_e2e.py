@@ -1,0 +1,166 @@
+"""`dvc repro` end to end in a throwaway copy of the project, both datasets, tiny params.
+
+One module-scoped project is reused in order: first repro, no-op repro, a train param
+edit, a CIFAR-100-only edit, then a queued experiment. Each test states what a user
+would see.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from project import create, edit_params, run, stages_run
+
+pytestmark = pytest.mark.e2e
+
+PER_EPOCH = ["loss", "accuracy", "top5_accuracy", "val_loss", "val_accuracy", "val_top5_accuracy", "learning_rate"]
+TEST_METRICS = ["test_loss", "test_accuracy", "test_top5_accuracy"]
+DATASETS = ("cifar10", "cifar100")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, archives, session_server):
+    data = {
+        # CIFAR-10 over HTTP (the real download code), CIFAR-100 as a file:// URL.
+        "cifar10": {"url": session_server.url(archives["cifar10"][0].name), "md5": archives["cifar10"][1]},
+        "cifar100": {"url": archives["cifar100"][0].as_uri(), "md5": archives["cifar100"][1]},
+    }
+    path = create(tmp_path_factory.mktemp("e2e") / "project", data)
+    first = run(path, "dvc", "repro")
+    return path, first.stdout
+
+
+def client(project_dir: Path) -> MlflowClient:
+    mlflow.set_tracking_uri(f"sqlite:///{project_dir / 'mlflow.db'}")
+    return MlflowClient()
+
+
+def runs_by_dataset(project_dir: Path) -> dict[str, list]:
+    c = client(project_dir)
+    experiment = c.get_experiment_by_name("cifar")
+    found: dict[str, list] = {name: [] for name in DATASETS}
+    for r in c.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"]):
+        found[r.data.tags["dataset"]].append(r)
+    return found
+
+
+def test_first_repro_runs_every_stage_and_writes_every_output(project):
+    path, output = project
+    ran = stages_run(output)
+    assert sorted(ran) == sorted(f"{stage}@{d}" for stage in ("download", "split", "normalize", "train", "evaluate") for d in DATASETS)
+    for d in DATASETS:
+        for out in (f"data/raw/{d}", f"data/split/{d}", f"data/normalized/{d}", f"models/{d}"):
+            assert (path / out).is_dir(), out
+        for out in (f"metrics/{d}.json", f"plots/training/{d}.csv", f"plots/confusion/{d}.csv", f"plots/per_class/{d}.csv",
+                    f"models/{d}/model.keras", f"models/{d}/mlflow_run.json", f"data/normalized/{d}/stats.json",
+                    f"data/split/{d}/train_indices.npy", f"data/split/{d}/val_indices.npy"):
+            assert (path / out).is_file(), out
+    assert np.load(path / "data/normalized/cifar10/train_images.npy", mmap_mode="r").dtype == np.float32
+    assert np.load(path / "data/split/cifar100/train_images.npy", mmap_mode="r").dtype == np.uint8
+    assert len(list((path / "data").rglob("*.tmp"))) == 0
+
+
+def test_one_finished_run_per_dataset_with_every_epoch_and_test_metric(project):
+    path, _ = project
+    c = client(path)
+    for d, found in runs_by_dataset(path).items():
+        assert len(found) == 1, d
+        r = found[0]
+        assert r.info.status == "FINISHED"
+        assert r.info.run_name.startswith(f"{d}-")
+        assert r.data.tags["git_commit"] and r.data.tags["dataset"] == d
+        for key in PER_EPOCH:
+            assert [m.step for m in c.get_metric_history(r.info.run_id, key)] == [1, 2], key
+        for key in TEST_METRICS:
+            assert key in r.data.metrics
+        assert r.data.params["train.epochs"] == "2" and r.data.params["dataset"] == d
+        assert json.loads((path / f"models/{d}/mlflow_run.json").read_text())["run_id"] == r.info.run_id
+        assert json.loads((path / f"metrics/{d}.json").read_text())["test_accuracy"] == pytest.approx(r.data.metrics["test_accuracy"])
+        artifacts = {a.path for a in c.list_artifacts(r.info.run_id, "plots")}
+        assert artifacts == {"plots/training_curves.png", "plots/confusion_matrix.png"}
+
+
+def test_logged_model_predicts_on_raw_uint8_with_pyfunc(project):
+    path, _ = project
+    client(path)
+    for d, classes in (("cifar10", 10), ("cifar100", 100)):
+        r = runs_by_dataset(path)[d][0]
+        model = mlflow.pyfunc.load_model(f"runs:/{r.info.run_id}/model")
+        images = np.load(path / f"data/split/{d}/test_images.npy")[:7]
+        assert images.dtype == np.uint8
+        probabilities = np.asarray(model.predict(images))
+        assert probabilities.shape == (7, classes)
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
+        assert str(model.metadata.signature.inputs.inputs[0].type) == "uint8"
+
+
+def test_dvc_metrics_and_plots(project):
+    path, _ = project
+    metrics = run(path, "dvc", "metrics", "show", "--json").stdout
+    shown = json.loads(metrics)
+    values = next(iter(shown.values()))["data"]
+    for d in DATASETS:
+        assert set(values[f"metrics/{d}.json"]["data"]) == set(TEST_METRICS)
+    run(path, "dvc", "plots", "show", "-o", "plots_html")
+    html = (path / "plots_html/index.html").read_text()
+    for d in DATASETS:
+        for kind in ("training", "confusion", "per_class"):
+            assert f"plots_{kind}_{d}_csv" in html
+
+
+def test_second_repro_runs_nothing(project):
+    path, _ = project
+    output = run(path, "dvc", "repro").stdout
+    assert stages_run(output) == []
+    assert "up to date" in output
+
+
+def test_changing_epochs_reruns_only_train_and_evaluate(project):
+    path, _ = project
+    edit_params(path, lambda p: p["train"].update(epochs=3))
+    ran = stages_run(run(path, "dvc", "repro").stdout)
+    assert sorted(ran) == sorted(f"{stage}@{d}" for stage in ("train", "evaluate") for d in DATASETS)
+    c = client(path)
+    for d, found in runs_by_dataset(path).items():
+        assert len(found) == 2
+        assert [m.step for m in c.get_metric_history(found[-1].info.run_id, "val_loss")] == [1, 2, 3]
+
+
+def test_a_cifar100_only_param_leaves_cifar10_alone(project):
+    path, _ = project
+    edit_params(path, lambda p: p["data"]["cifar100"].update(label_mode="coarse"))
+    ran = stages_run(run(path, "dvc", "repro").stdout)
+    assert sorted(ran) == sorted(f"{stage}@cifar100" for stage in ("split", "normalize", "train", "evaluate"))
+    latest = runs_by_dataset(path)["cifar100"][-1]
+    assert latest.data.params["num_classes"] == "20"
+    assert json.loads((path / "data/split/cifar100/classes.json").read_text())["label_mode"] == "coarse"
+
+
+def test_queued_experiment_logs_to_the_project_store(project):
+    path, _ = project
+    run(path, "git", "add", "-A")
+    run(path, "git", "commit", "-qm", "state after edits")
+    run(path, "dvc", "exp", "run", "--queue", "-S", "train.seed=7", "-S", "train.epochs=1", "--name", "queued-seed7")
+    run(path, "dvc", "queue", "start")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        status = run(path, "dvc", "queue", "status").stdout
+        if "queued-seed7" in status and ("Success" in status or "Failed" in status):
+            break
+        time.sleep(3)
+    assert "Success" in status, status + run(path, "dvc", "queue", "logs", "queued-seed7", check=False).stdout
+    found = runs_by_dataset(path)
+    for d in DATASETS:
+        queued = [r for r in found[d] if r.data.tags.get("dvc_experiment") == "queued-seed7"]
+        assert len(queued) == 1, d
+        r = queued[0]
+        assert r.info.run_name == f"{d}-queued-seed7" and r.info.status == "FINISHED"
+        assert "test_accuracy" in r.data.metrics
+        # artifacts live under the project root, not in the deleted temporary copy
+        assert r.info.artifact_uri.startswith((path / "mlruns").as_uri()) or r.info.artifact_uri.startswith(str(path / "mlruns"))
