@@ -16,5 +16,10 @@ def arguments(parser):
 
 
 if __name__ == "__main__":
-    run_stage(__doc__, arguments, lambda args, params: evaluate_model(
-        args.dataset, args.split_dir, args.model_dir, args.metrics_json, args.confusion_csv, args.per_class_csv))
+    run_stage(
+        __doc__,
+        arguments,
+        lambda args, params: evaluate_model(
+            args.dataset, args.split_dir, args.model_dir, args.metrics_json, args.confusion_csv, args.per_class_csv
+        ),
+    )

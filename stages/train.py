@@ -15,5 +15,10 @@ def arguments(parser):
 
 
 if __name__ == "__main__":
-    run_stage(__doc__, arguments, lambda args, params: train(
-        args.dataset, params, args.split_dir, args.normalized_dir, args.model_dir, args.history_csv))
+    run_stage(
+        __doc__,
+        arguments,
+        lambda args, params: train(
+            args.dataset, params, args.split_dir, args.normalized_dir, args.model_dir, args.history_csv
+        ),
+    )

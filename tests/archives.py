@@ -24,7 +24,7 @@ def class_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     for i, label in enumerate(labels):
         row, col = divmod(int(label) % 16, 4)
         channel = int(label) // 16 % 3
-        images[i, row * 8:row * 8 + 8, col * 8:col * 8 + 8, channel] = 200 + int(label) % 50
+        images[i, row * 8 : row * 8 + 8, col * 8 : col * 8 + 8, channel] = 200 + int(label) % 50
     return images
 
 
@@ -55,8 +55,15 @@ def add_bytes(tar: tarfile.TarFile, name: str, data: bytes, **info) -> None:
     tar.addfile(member, io.BytesIO(data))
 
 
-def build_archive(path: Path, dataset: str, train_per_file: int = 40, test: int = 40, seed: int = 0,
-                  extra: list[tarfile.TarInfo] | None = None, override: dict[str, bytes] | None = None) -> str:
+def build_archive(
+    path: Path,
+    dataset: str,
+    train_per_file: int = 40,
+    test: int = 40,
+    seed: int = 0,
+    extra: list[tarfile.TarInfo] | None = None,
+    override: dict[str, bytes] | None = None,
+) -> str:
     """Write a .tar.gz in the official layout and return its MD5.
 
     `override` replaces a member's bytes (e.g. a truncated batch); a None value drops it.

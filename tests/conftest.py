@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from archives import build_archive
 from http_server import ArchiveServer, serve
 

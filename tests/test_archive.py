@@ -3,13 +3,15 @@ import tarfile
 
 import numpy as np
 import pytest
-from archives import build_archive
 
+from archives import build_archive
 from cifar_pipeline.archive import read_archive
 from cifar_pipeline.datasets import CIFAR10, CIFAR100, DataFormatError
 
 
-@pytest.mark.parametrize(("spec", "n_train", "n_test"), [(CIFAR10, 5 * 12, 12), (CIFAR100, 30, 12)], ids=["cifar10", "cifar100"])
+@pytest.mark.parametrize(
+    ("spec", "n_train", "n_test"), [(CIFAR10, 5 * 12, 12), (CIFAR100, 30, 12)], ids=["cifar10", "cifar100"]
+)
 def test_reads_every_batch_and_the_label_names(tmp_path, spec, n_train, n_test):
     path = tmp_path / "a.tar.gz"
     build_archive(path, spec.name, train_per_file=n_train // len(spec.train_files), test=n_test)
@@ -43,7 +45,10 @@ def _member(name, kind, **extra):
         (_member("cifar-10-batches-bin/../../escape.bin", tarfile.REGTYPE, size=4), "outside the output folder"),
         (_member("/etc/evil", tarfile.REGTYPE, size=4), "outside the output folder"),
         (_member("cifar-10-batches-bin/link", tarfile.SYMTYPE, linkname="/etc/passwd"), "is a link"),
-        (_member("cifar-10-batches-bin/hard", tarfile.LNKTYPE, linkname="cifar-10-batches-bin/test_batch.bin"), "is a link"),
+        (
+            _member("cifar-10-batches-bin/hard", tarfile.LNKTYPE, linkname="cifar-10-batches-bin/test_batch.bin"),
+            "is a link",
+        ),
         (_member("cifar-10-batches-bin/dev", tarfile.CHRTYPE, devmajor=1, devminor=3), "special file"),
         (_member("cifar-10-batches-bin/fifo", tarfile.FIFOTYPE), "special file"),
     ],
@@ -65,7 +70,9 @@ def test_truncated_gzip(tmp_path):
         read_archive(path, CIFAR10)
 
 
-@pytest.mark.parametrize("content", [b"<html>not found</html>", gzip.compress(b"plain text, not a tar")], ids=["not-gzip", "gzip-not-tar"])
+@pytest.mark.parametrize(
+    "content", [b"<html>not found</html>", gzip.compress(b"plain text, not a tar")], ids=["not-gzip", "gzip-not-tar"]
+)
 def test_not_a_tar_gz(tmp_path, content):
     path = tmp_path / "a.tar.gz"
     path.write_bytes(content)
@@ -82,7 +89,9 @@ def test_missing_batch_file(tmp_path):
 
 def test_truncated_batch_file(tmp_path):
     path = tmp_path / "a.tar.gz"
-    build_archive(path, "cifar100", train_per_file=2, test=2, override={"test.bin": np.zeros(3074 * 2 - 1, np.uint8).tobytes()})
+    build_archive(
+        path, "cifar100", train_per_file=2, test=2, override={"test.bin": np.zeros(3074 * 2 - 1, np.uint8).tobytes()}
+    )
     with pytest.raises(DataFormatError, match="test.bin: 6147 bytes is not a whole number"):
         read_archive(path, CIFAR100)
 

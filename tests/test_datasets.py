@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-from archives import class_images, encode_records
 
+from archives import class_images, encode_records
 from cifar_pipeline.datasets import CIFAR10, CIFAR100, DataFormatError, parse_records
 
 

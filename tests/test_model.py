@@ -6,7 +6,9 @@ from cifar_pipeline.model import build_classifier, with_normalization
 from cifar_pipeline.normalize import ChannelStats
 from cifar_pipeline.params import ModelParams
 
-SEED_MODEL = ModelParams(filters=(32, 64, 128, 256), dropouts=(0.25, 0.35, 0.45, 0.35), dense_units=1024, activation="relu")
+SEED_MODEL = ModelParams(
+    filters=(32, 64, 128, 256), dropouts=(0.25, 0.35, 0.45, 0.35), dense_units=1024, activation="relu"
+)
 TINY = ModelParams(filters=(4, 8), dropouts=(0.1, 0.1), dense_units=16, activation="relu")
 
 

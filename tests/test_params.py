@@ -59,7 +59,11 @@ def _with(raw, path, value):
         ("datasets", ["cifar10", "cifar1000"], r"unknown dataset 'cifar1000' \(did you mean 'cifar100'\?\)"),
         ("datasets", [], r"'datasets' must be a non-empty list"),
         ("datasets", ["cifar10", "cifar10"], r"lists a dataset twice"),
-        ("data.cifar100.label_mode", "medium", r"data.cifar100.label_mode must be one of \['coarse', 'fine'\], got 'medium'"),
+        (
+            "data.cifar100.label_mode",
+            "medium",
+            r"data.cifar100.label_mode must be one of \['coarse', 'fine'\], got 'medium'",
+        ),
         ("data.cifar10.label_mode", "fine", r"unknown key 'data.cifar10.label_mode'"),
         ("data.cifar10.md5", "abc", r"data.cifar10.md5 must be 32 hexadecimal digits"),
         ("data.cifar10", KeyError, r"missing key 'data.cifar10'"),

@@ -15,6 +15,7 @@ import mlflow
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+
 from project import create, edit_params, run, stages_run
 
 pytestmark = pytest.mark.e2e
@@ -53,13 +54,23 @@ def runs_by_dataset(project_dir: Path) -> dict[str, list]:
 def test_first_repro_runs_every_stage_and_writes_every_output(project):
     path, output = project
     ran = stages_run(output)
-    assert sorted(ran) == sorted(f"{stage}@{d}" for stage in ("download", "split", "normalize", "train", "evaluate") for d in DATASETS)
+    assert sorted(ran) == sorted(
+        f"{stage}@{d}" for stage in ("download", "split", "normalize", "train", "evaluate") for d in DATASETS
+    )
     for d in DATASETS:
         for out in (f"data/raw/{d}", f"data/split/{d}", f"data/normalized/{d}", f"models/{d}"):
             assert (path / out).is_dir(), out
-        for out in (f"metrics/{d}.json", f"plots/training/{d}.csv", f"plots/confusion/{d}.csv", f"plots/per_class/{d}.csv",
-                    f"models/{d}/model.keras", f"models/{d}/mlflow_run.json", f"data/normalized/{d}/stats.json",
-                    f"data/split/{d}/train_indices.npy", f"data/split/{d}/val_indices.npy"):
+        for out in (
+            f"metrics/{d}.json",
+            f"plots/training/{d}.csv",
+            f"plots/confusion/{d}.csv",
+            f"plots/per_class/{d}.csv",
+            f"models/{d}/model.keras",
+            f"models/{d}/mlflow_run.json",
+            f"data/normalized/{d}/stats.json",
+            f"data/split/{d}/train_indices.npy",
+            f"data/split/{d}/val_indices.npy",
+        ):
             assert (path / out).is_file(), out
     assert np.load(path / "data/normalized/cifar10/train_images.npy", mmap_mode="r").dtype == np.float32
     assert np.load(path / "data/split/cifar100/train_images.npy", mmap_mode="r").dtype == np.uint8
@@ -81,7 +92,9 @@ def test_one_finished_run_per_dataset_with_every_epoch_and_test_metric(project):
             assert key in r.data.metrics
         assert r.data.params["train.epochs"] == "2" and r.data.params["dataset"] == d
         assert json.loads((path / f"models/{d}/mlflow_run.json").read_text())["run_id"] == r.info.run_id
-        assert json.loads((path / f"metrics/{d}.json").read_text())["test_accuracy"] == pytest.approx(r.data.metrics["test_accuracy"])
+        assert json.loads((path / f"metrics/{d}.json").read_text())["test_accuracy"] == pytest.approx(
+            r.data.metrics["test_accuracy"]
+        )
         artifacts = {a.path for a in c.list_artifacts(r.info.run_id, "plots")}
         assert artifacts == {"plots/training_curves.png", "plots/confusion_matrix.png"}
 
@@ -127,7 +140,7 @@ def test_changing_epochs_reruns_only_train_and_evaluate(project):
     ran = stages_run(run(path, "dvc", "repro").stdout)
     assert sorted(ran) == sorted(f"{stage}@{d}" for stage in ("train", "evaluate") for d in DATASETS)
     c = client(path)
-    for d, found in runs_by_dataset(path).items():
+    for found in runs_by_dataset(path).values():
         assert len(found) == 2
         assert [m.step for m in c.get_metric_history(found[-1].info.run_id, "val_loss")] == [1, 2, 3]
 
@@ -163,4 +176,6 @@ def test_queued_experiment_logs_to_the_project_store(project):
         assert r.info.run_name == f"{d}-queued-seed7" and r.info.status == "FINISHED"
         assert "test_accuracy" in r.data.metrics
         # artifacts live under the project root, not in the deleted temporary copy
-        assert r.info.artifact_uri.startswith((path / "mlruns").as_uri()) or r.info.artifact_uri.startswith(str(path / "mlruns"))
+        assert r.info.artifact_uri.startswith((path / "mlruns").as_uri()) or r.info.artifact_uri.startswith(
+            str(path / "mlruns")
+        )

@@ -27,7 +27,8 @@ def test_the_callback_really_changes_the_optimizer_rate():
     model.compile(optimizer=keras.optimizers.Adam(0.1), loss="mse")
     seen = []
     probe = keras.callbacks.LambdaCallback(
-        on_epoch_end=lambda epoch, logs: seen.append(float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))))
+        on_epoch_end=lambda epoch, logs: seen.append(float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
+    )
     schedule = ScheduleParams(kind="step", boundaries=(1, 2), factor=0.1)
     x = np.zeros((4, 2), np.float32)
     model.fit(x, np.zeros(4), epochs=3, verbose=0, callbacks=[scheduler_callback(0.1, schedule), probe])

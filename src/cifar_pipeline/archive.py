@@ -32,10 +32,15 @@ class RawDataset:
 def check_member(member: tarfile.TarInfo, archive: Path) -> None:
     name = PurePosixPath(member.name)
     if name.is_absolute() or ".." in name.parts:
-        raise DataFormatError(f"{archive}: member {member.name!r} would be written outside the output folder; refusing this archive")
+        raise DataFormatError(
+            f"{archive}: member {member.name!r} would be written outside the output folder; refusing this archive"
+        )
     if not (member.isfile() or member.isdir()):
         kind = "link" if (member.issym() or member.islnk()) else "special file"
-        raise DataFormatError(f"{archive}: member {member.name!r} is a {kind}; CIFAR archives hold only regular files, refusing this archive")
+        raise DataFormatError(
+            f"{archive}: member {member.name!r} is a {kind}; CIFAR archives hold only regular files, "
+            f"refusing this archive"
+        )
 
 
 def read_archive(path: Path, spec: DatasetSpec) -> RawDataset:
@@ -60,7 +65,9 @@ def read_archive(path: Path, spec: DatasetSpec) -> RawDataset:
         parsed = []
         for name in names:
             if name not in contents:
-                raise DataFormatError(f"{path}: {spec.folder}/{name} is missing; this is not the official {spec.name} binary archive")
+                raise DataFormatError(
+                    f"{path}: {spec.folder}/{name} is missing; this is not the official {spec.name} binary archive"
+                )
             parsed.append(parse_records(contents.pop(name), spec, f"{spec.folder}/{name}"))
         images = np.concatenate([images for images, _ in parsed])
         labels = {field: np.concatenate([labels[field] for _, labels in parsed]) for field in spec.label_fields}
@@ -68,7 +75,10 @@ def read_archive(path: Path, spec: DatasetSpec) -> RawDataset:
 
     train_images, train_labels = batches(spec.train_files)
     test_images, test_labels = batches(spec.test_files)
-    names = {field: _label_names(contents.get(file), spec.num_classes[field]) for field, file in spec.label_names_files.items()}
+    names = {
+        field: _label_names(contents.get(file), spec.num_classes[field])
+        for field, file in spec.label_names_files.items()
+    }
     return RawDataset(train_images, train_labels, test_images, test_labels, names)
 
 

@@ -10,12 +10,15 @@ from cifar_pipeline.errors import PipelineError
 from cifar_pipeline.params import Params, load_params
 
 
-def run_stage(description: str, add_arguments: Callable[[argparse.ArgumentParser], None],
-              body: Callable[[argparse.Namespace, Params], None]) -> None:
+def run_stage(
+    description: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    body: Callable[[argparse.Namespace, Params], None],
+) -> None:
     """Parse argv, load params.yaml (fail before any work), run the stage.
 
-    Problems a user can fix (`PipelineError`) print as one `error:` line and exit 2;
-    anything else is a bug and keeps its traceback.
+    Problems a user can fix (`PipelineError`, or the file system refusing a write)
+    print as one `error:` line and exit 2; anything else is a bug and keeps its traceback.
     """
     parser = argparse.ArgumentParser(description=description)
     add_arguments(parser)
@@ -25,4 +28,11 @@ def run_stage(description: str, add_arguments: Callable[[argparse.ArgumentParser
         body(args, params)
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:  # disk full, read-only or unwritable output folder
+        where = f" {err.filename}" if err.filename else ""
+        print(
+            f"error: cannot write{where}: {err.strerror or err}; check the folder's permissions and free space",
+            file=sys.stderr,
+        )
         sys.exit(2)

@@ -48,7 +48,9 @@ def local_path(url: str) -> Path | None:
     if parsed.scheme in ("http", "https"):
         return None
     if parsed.scheme and len(parsed.scheme) > 1:  # one letter is a Windows drive
-        raise DownloadError(f"unsupported URL scheme '{parsed.scheme}' in {url!r}: use https://, http://, file:// or a local path")
+        raise DownloadError(
+            f"unsupported URL scheme '{parsed.scheme}' in {url!r}: use https://, http://, file:// or a local path"
+        )
     return Path(url).expanduser()
 
 
@@ -94,9 +96,9 @@ def _download(url: str, part: Path, timeout: float) -> None:
     headers = {"User-Agent": "cifar-pipeline"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
-    request = urllib.request.Request(url, headers=headers)
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310 (only http/https reach here)
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (scheme checked above)
+        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310
     except urllib.error.HTTPError as err:
         if err.code == 416 and offset:
             # The partial file is already as long as (or longer than) the resource: start over.
@@ -105,7 +107,9 @@ def _download(url: str, part: Path, timeout: float) -> None:
         raise DownloadError(f"HTTP {err.code} {err.reason} for {url}: check the dataset url in params.yaml") from None
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
-        raise DownloadError(f"cannot reach {url}: {reason}; check the url and your network, or point the url at a local copy") from None
+        raise DownloadError(
+            f"cannot reach {url}: {reason}; check the url and your network, or point the url at a local copy"
+        ) from None
 
     with response:
         resuming = offset and response.status == 206 and _range_start(response) == offset
@@ -114,17 +118,24 @@ def _download(url: str, part: Path, timeout: float) -> None:
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length and length.isdigit() else None
         try:
-            with open(part, "ab" if resuming else "wb") as out, tqdm(
-                total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=f"download {Path(urlparse(url).path).name}", disable=None,
-            ) as bar:
+            with (
+                open(part, "ab" if resuming else "wb") as out,
+                tqdm(
+                    total=total,
+                    initial=offset,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=f"download {Path(urlparse(url).path).name}",
+                    disable=None,
+                ) as bar,
+            ):
                 while chunk := response.read1(CHUNK):  # read1: keep bytes already received if the link stalls
                     out.write(chunk)
                     bar.update(len(chunk))
         except (TimeoutError, OSError) as err:
             raise DownloadError(
-                f"download of {url} stopped after {part.stat().st_size} bytes: {err}; "
-                f"run again to resume from there"
+                f"download of {url} stopped after {part.stat().st_size} bytes: {err}; run again to resume from there"
             ) from None
     if total is not None and part.stat().st_size != total:
         raise DownloadError(

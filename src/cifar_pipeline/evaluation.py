@@ -45,7 +45,9 @@ def evaluate_probabilities(probabilities: np.ndarray, labels: np.ndarray) -> Eva
     k = min(5, num_classes)
     top_k = np.argpartition(-probabilities, k - 1, axis=1)[:, :k]
     top5 = float(np.mean((top_k == labels[:, None]).any(axis=1)))
-    confusion = np.bincount(labels * num_classes + predictions, minlength=num_classes**2).reshape(num_classes, num_classes)
+    confusion = np.bincount(labels * num_classes + predictions, minlength=num_classes**2).reshape(
+        num_classes, num_classes
+    )
     return Evaluation(
         loss=loss,
         accuracy=float(np.mean(predictions == labels)),
@@ -55,7 +57,9 @@ def evaluate_probabilities(probabilities: np.ndarray, labels: np.ndarray) -> Eva
     )
 
 
-def evaluate_model(dataset: str, split_dir: Path, model_dir: Path, metrics_json: Path, confusion_csv: Path, per_class_csv: Path) -> None:
+def evaluate_model(
+    dataset: str, split_dir: Path, model_dir: Path, metrics_json: Path, confusion_csv: Path, per_class_csv: Path
+) -> None:
     """Score the saved model on raw uint8 test images (exactly what users will feed it)."""
     names = read_json(split_dir / "classes.json")["names"]
     labels = load_array(split_dir, "test_labels", mmap=False)
@@ -68,9 +72,15 @@ def evaluate_model(dataset: str, split_dir: Path, model_dir: Path, metrics_json:
     with tracking.resume_run(run_id):
         mlflow.log_metrics(result.metrics())
         mlflow.log_dict(per_class, "metrics/per_class_accuracy.json")
-        mlflow.log_figure(confusion_matrix(result.confusion, names, f"{dataset}: test confusion matrix"), "plots/confusion_matrix.png")
+        mlflow.log_figure(
+            confusion_matrix(result.confusion, names, f"{dataset}: test confusion matrix"), "plots/confusion_matrix.png"
+        )
         with atomic_file(metrics_json) as tmp:
             write_json(tmp, result.metrics())
-        write_csv(confusion_csv, ["actual", "predicted"], zip([names[i] for i in labels], [names[i] for i in result.predictions], strict=True))
+        write_csv(
+            confusion_csv,
+            ["actual", "predicted"],
+            zip([names[i] for i in labels], [names[i] for i in result.predictions], strict=True),
+        )
         write_csv(per_class_csv, ["class", "accuracy"], per_class.items())
     print(f"{dataset}: " + ", ".join(f"{key} {value:.4f}" for key, value in result.metrics().items()))

@@ -43,8 +43,15 @@ def confusion_matrix(matrix: np.ndarray, class_names: list[str], title: str) -> 
     ax.set_yticks(range(n), class_names, fontsize=8 if n <= 20 else 5)
     if n <= 20:
         for (row, col), count in np.ndenumerate(matrix):
-            ax.text(col, row, str(count), ha="center", va="center", fontsize=7,
-                    color="white" if shares[row, col] > 0.5 else "black")
+            ax.text(
+                col,
+                row,
+                str(count),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if shares[row, col] > 0.5 else "black",
+            )
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
     ax.set_title(title)

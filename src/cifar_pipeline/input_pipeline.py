@@ -32,9 +32,16 @@ def augmenter(params: AugmentParams, seed: int) -> keras.Sequential | None:
         steps.append(keras.layers.RandomFlip("horizontal", seed=seed))
     if params.shift:
         fraction = params.shift / 32
-        steps.append(keras.layers.RandomTranslation(
-            fraction, fraction, fill_mode="constant", fill_value=SHIFT_FILL, interpolation="nearest", seed=seed + 1,
-        ))
+        steps.append(
+            keras.layers.RandomTranslation(
+                fraction,
+                fraction,
+                fill_mode="constant",
+                fill_value=SHIFT_FILL,
+                interpolation="nearest",
+                seed=seed + 1,
+            )
+        )
     return keras.Sequential(steps, name="augment") if steps else None
 
 

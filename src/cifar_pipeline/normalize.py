@@ -37,7 +37,7 @@ def channel_stats(images: np.ndarray) -> ChannelStats:
     total = np.zeros(3)
     total_sq = np.zeros(3)
     for start in range(0, len(images), CHUNK):
-        chunk = np.asarray(images[start:start + CHUNK], dtype=np.float64).reshape(-1, 3)
+        chunk = np.asarray(images[start : start + CHUNK], dtype=np.float64).reshape(-1, 3)
         total += chunk.sum(axis=0)
         total_sq += np.square(chunk).sum(axis=0)
     count = len(images) * images.shape[1] * images.shape[2]
@@ -54,8 +54,8 @@ def write_normalized(images: np.ndarray, stats: ChannelStats, path: Path) -> Non
     mean = np.asarray(stats.mean, dtype=np.float32)
     scale = 1.0 / np.asarray(stats.std, dtype=np.float32)
     for start in range(0, len(images), CHUNK):
-        chunk = np.asarray(images[start:start + CHUNK], dtype=np.float32)
-        out[start:start + CHUNK] = (chunk - mean) * scale
+        chunk = np.asarray(images[start : start + CHUNK], dtype=np.float32)
+        out[start : start + CHUNK] = (chunk - mean) * scale
     out.flush()
     del out
 

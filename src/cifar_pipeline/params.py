@@ -115,7 +115,9 @@ def parse_params(raw: Any) -> Params:
 def flatten(params: Any, prefix: str = "") -> dict[str, Any]:
     """Dotted keys for MLflow, e.g. `train.model.filters` -> "[32, 64, 128, 256]"."""
     items: dict[str, Any] = {}
-    values = {f.name: getattr(params, f.name) for f in fields(params)} if hasattr(params, "__dataclass_fields__") else params
+    values = (
+        {f.name: getattr(params, f.name) for f in fields(params)} if hasattr(params, "__dataclass_fields__") else params
+    )
     for key, value in values.items():
         name = f"{prefix}{key}"
         if hasattr(value, "__dataclass_fields__") or isinstance(value, dict):
@@ -131,13 +133,14 @@ def flatten(params: Any, prefix: str = "") -> dict[str, Any]:
 def _dataset_list(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
         raise ParamsError(
-            f"params.yaml: 'datasets' must be a non-empty list of dataset names from {sorted(SPECS)}, "
-            f"got {value!r}"
+            f"params.yaml: 'datasets' must be a non-empty list of dataset names from {sorted(SPECS)}, got {value!r}"
         )
     for name in value:
         if name not in SPECS:
-            raise ParamsError(f"params.yaml: 'datasets' names unknown dataset {name!r}{_did_you_mean(name, SPECS)}; "
-                              f"allowed: {sorted(SPECS)}")
+            raise ParamsError(
+                f"params.yaml: 'datasets' names unknown dataset {name!r}{_did_you_mean(name, SPECS)}; "
+                f"allowed: {sorted(SPECS)}"
+            )
     if len(set(value)) != len(value):
         raise ParamsError(f"params.yaml: 'datasets' lists a dataset twice: {value}")
     return tuple(value)
@@ -173,7 +176,9 @@ def _split(value: Any) -> SplitParams:
 
 
 def _train(value: Any) -> TrainParams:
-    section = _mapping(value, "train", {"seed", "epochs", "batch_size", "learning_rate", "lr_schedule", "augment", "model"})
+    section = _mapping(
+        value, "train", {"seed", "epochs", "batch_size", "learning_rate", "lr_schedule", "augment", "model"}
+    )
     rate = _number(section["learning_rate"], "train.learning_rate")
     if rate <= 0:
         raise ParamsError(f"params.yaml: train.learning_rate must be > 0, got {rate}")
@@ -191,9 +196,13 @@ def _train(value: Any) -> TrainParams:
 def _schedule(value: Any) -> ScheduleParams:
     section = _mapping(value, "train.lr_schedule", {"kind", "boundaries", "factor"})
     kind = _choice(section["kind"], "train.lr_schedule.kind", LR_SCHEDULES)
-    boundaries = tuple(_integer_list(section["boundaries"], "train.lr_schedule.boundaries", minimum=1, allow_empty=True))
+    boundaries = tuple(
+        _integer_list(section["boundaries"], "train.lr_schedule.boundaries", minimum=1, allow_empty=True)
+    )
     if list(boundaries) != sorted(set(boundaries)):
-        raise ParamsError(f"params.yaml: train.lr_schedule.boundaries must be strictly increasing, got {list(boundaries)}")
+        raise ParamsError(
+            f"params.yaml: train.lr_schedule.boundaries must be strictly increasing, got {list(boundaries)}"
+        )
     factor = _number(section["factor"], "train.lr_schedule.factor")
     if not 0.0 < factor <= 1.0:
         raise ParamsError(f"params.yaml: train.lr_schedule.factor must be in (0, 1], got {factor}")
@@ -212,16 +221,26 @@ def _model(value: Any) -> ModelParams:
     section = _mapping(value, "train.model", {"filters", "dropouts", "dense_units", "activation"})
     filters = tuple(_integer_list(section["filters"], "train.model.filters", minimum=1))
     if len(filters) > 5:
-        raise ParamsError(f"params.yaml: train.model.filters has {len(filters)} blocks; at most 5 fit a 32x32 image (each block halves it)")
+        raise ParamsError(
+            f"params.yaml: train.model.filters has {len(filters)} blocks; "
+            f"at most 5 fit a 32x32 image (each block halves it)"
+        )
     dropouts = section["dropouts"]
     if not isinstance(dropouts, list) or len(dropouts) != len(filters):
-        raise ParamsError(f"params.yaml: train.model.dropouts must be a list with one rate per block ({len(filters)}), got {dropouts!r}")
+        raise ParamsError(
+            f"params.yaml: train.model.dropouts must be a list with one rate per block "
+            f"({len(filters)}), got {dropouts!r}"
+        )
     rates = tuple(_number(rate, f"train.model.dropouts[{i}]") for i, rate in enumerate(dropouts))
     if any(not 0.0 <= rate < 1.0 for rate in rates):
         raise ParamsError(f"params.yaml: train.model.dropouts must each be in [0, 1), got {list(rates)}")
     activation = _choice(section["activation"], "train.model.activation", ("relu", "elu", "gelu", "swish"))
-    return ModelParams(filters=filters, dropouts=rates, dense_units=_integer(section["dense_units"], "train.model.dense_units", minimum=1),
-                       activation=activation)
+    return ModelParams(
+        filters=filters,
+        dropouts=rates,
+        dense_units=_integer(section["dense_units"], "train.model.dense_units", minimum=1),
+        activation=activation,
+    )
 
 
 # --- value checkers --------------------------------------------------------------------
@@ -257,7 +276,9 @@ def _string(value: Any, where: str) -> str:
 
 def _choice(value: Any, where: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
-        raise ParamsError(f"params.yaml: {where} must be one of {list(allowed)}, got {value!r}{_did_you_mean(value, allowed)}")
+        raise ParamsError(
+            f"params.yaml: {where} must be one of {list(allowed)}, got {value!r}{_did_you_mean(value, allowed)}"
+        )
     return value
 
 
@@ -282,5 +303,7 @@ def _number(value: Any, where: str) -> float:
 
 def _integer_list(value: Any, where: str, minimum: int, allow_empty: bool = False) -> list[int]:
     if not isinstance(value, list) or (not value and not allow_empty):
-        raise ParamsError(f"params.yaml: {where} must be a {'' if allow_empty else 'non-empty '}list of integers, got {value!r}")
+        raise ParamsError(
+            f"params.yaml: {where} must be a {'' if allow_empty else 'non-empty '}list of integers, got {value!r}"
+        )
     return [_integer(item, f"{where}[{i}]", minimum=minimum) for i, item in enumerate(value)]

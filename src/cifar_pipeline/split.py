@@ -84,9 +84,17 @@ def split_dataset(dataset: str, params: Params, raw_dir: Path, out_dir: Path) ->
     with atomic_dir(out_dir) as tmp:
         save_arrays(
             tmp,
-            train_images=images[train_idx], train_labels=labels[train_idx], train_indices=train_idx,
-            val_images=images[val_idx], val_labels=labels[val_idx], val_indices=val_idx,
-            test_images=test_images[test_idx], test_labels=test_labels[test_idx], test_indices=test_idx,
+            train_images=images[train_idx],
+            train_labels=labels[train_idx],
+            train_indices=train_idx,
+            val_images=images[val_idx],
+            val_labels=labels[val_idx],
+            val_indices=val_idx,
+            test_images=test_images[test_idx],
+            test_labels=test_labels[test_idx],
+            test_indices=test_idx,
         )
         write_json(tmp / "classes.json", {"label_mode": mode, "names": read_json(raw_dir / "classes.json")[mode]})
-    print(f"{dataset}: {len(train_idx)} train / {len(val_idx)} validation / {len(test_idx)} test images ({mode} labels)")
+    print(
+        f"{dataset}: {len(train_idx)} train / {len(val_idx)} validation / {len(test_idx)} test images ({mode} labels)"
+    )

@@ -111,4 +111,3 @@ def resume_run(run_id: str) -> Iterator[mlflow.ActiveRun]:
         ) from None
     with mlflow.start_run(run_id=run_id) as run:
         yield run
-

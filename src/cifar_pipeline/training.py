@@ -61,7 +61,9 @@ def compile_classifier(model: keras.Model, learning_rate: float) -> None:
     )
 
 
-def train(dataset: str, params: Params, split_dir: Path, normalized_dir: Path, model_dir: Path, history_csv: Path) -> str:
+def train(
+    dataset: str, params: Params, split_dir: Path, normalized_dir: Path, model_dir: Path, history_csv: Path
+) -> str:
     """Train one model and return its MLflow run id (also written to `model_dir`)."""
     settings = params.train
     keras.utils.set_random_seed(settings.seed)
@@ -102,7 +104,11 @@ def train(dataset: str, params: Params, split_dir: Path, normalized_dir: Path, m
         with atomic_dir(model_dir) as tmp:
             model.save(tmp / MODEL_FILE)
             write_json(tmp / RUN_FILE, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
-        write_csv(history_csv, ["epoch", *HISTORY_KEYS], ([row[key] for key in ("epoch", *HISTORY_KEYS)] for row in logger.rows))
+        write_csv(
+            history_csv,
+            ["epoch", *HISTORY_KEYS],
+            ([row[key] for key in ("epoch", *HISTORY_KEYS)] for row in logger.rows),
+        )
     return run.info.run_id
 
 
@@ -115,6 +121,9 @@ def log_model(model: keras.Model, sample: np.ndarray) -> None:
         name="model",
         signature=signature,
         # Pinned from what trained the model; skips MLflow's slow requirement inference.
-        pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}", f"mlflow=={mlflow.__version__}"],
+        pip_requirements=[
+            f"keras=={keras.__version__}",
+            f"tensorflow=={tf.__version__}",
+            f"mlflow=={mlflow.__version__}",
+        ],
     )
-

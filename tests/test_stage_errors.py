@@ -1,0 +1,88 @@
+"""Stage scripts as DVC runs them: bad input gives one `error:` line, exit 2, no output left."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from project import ROOT, edit_params, environment
+
+
+def stage(cwd: Path, name: str, *args: str) -> subprocess.CompletedProcess:
+    env = environment() | {"PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "stages" / f"{name}.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    return tmp_path
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess, message: str, workdir: Path) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    left = [p.relative_to(workdir) for p in workdir.rglob("*") if p.is_file() and p.name != "params.yaml"]
+    assert left == [], left
+
+
+def test_bad_param_stops_before_any_work(workdir):
+    edit_params(workdir, lambda p: p["split"].update(val_fraction=1.5))
+    result = stage(workdir, "download", "cifar10", "data/raw/cifar10")
+    assert_clean_failure(result, "split.val_fraction must be between 0 and 1", workdir)
+
+
+def test_md5_mismatch_leaves_no_output_and_no_partial(workdir, archives, server):
+    path, _ = archives["cifar10"]
+    edit_params(workdir, lambda p: p["data"]["cifar10"].update(url=server.url(path.name), md5="0" * 32))
+    result = stage(workdir, "download", "cifar10", "data/raw/cifar10")
+    assert_clean_failure(result, "MD5 mismatch", workdir)
+    assert not (workdir / "data/raw/cifar10").exists()
+
+
+def test_bad_archive_leaves_no_output(workdir, tmp_path_factory):
+    bogus = tmp_path_factory.mktemp("bogus") / "cifar-10-binary.tar.gz"
+    bogus.write_bytes(b"<html>an error page saved as the archive</html>")
+    import hashlib
+
+    md5 = hashlib.md5(bogus.read_bytes()).hexdigest()
+    edit_params(workdir, lambda p: p["data"]["cifar10"].update(url=str(bogus), md5=md5))
+    result = stage(workdir, "download", "cifar10", "data/raw/cifar10")
+    assert_clean_failure(result, "not a readable .tar.gz", workdir)
+
+
+def test_dataset_not_listed(workdir):
+    edit_params(workdir, lambda p: p.update(datasets=["cifar10"]))
+    result = stage(workdir, "download", "cifar100", "data/raw/cifar100")
+    assert_clean_failure(result, "dataset 'cifar100' is not in 'datasets'", workdir)
+
+
+def test_unwritable_output_folder(workdir, archives):
+    path, md5 = archives["cifar10"]
+    edit_params(workdir, lambda p: p["data"]["cifar10"].update(url=str(path), md5=md5))
+    blocker = workdir / "data"
+    if os.geteuid() == 0:  # root ignores permission bits: a file where the folder must go fails the same way
+        blocker.write_text("not a folder")
+    else:
+        blocker.mkdir()
+        blocker.chmod(0o500)
+    try:
+        result = stage(workdir, "download", "cifar10", "data/raw/cifar10")
+    finally:
+        blocker.chmod(0o700)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "error: cannot write" in errors[0] and "Traceback" not in result.stderr
