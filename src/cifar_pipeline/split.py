@@ -96,5 +96,6 @@ def split_dataset(dataset: str, params: Params, raw_dir: Path, out_dir: Path) ->
         )
         write_json(tmp / "classes.json", {"label_mode": mode, "names": read_json(raw_dir / "classes.json")[mode]})
     print(
-        f"{dataset}: {len(train_idx)} train / {len(val_idx)} validation / {len(test_idx)} test images ({mode} labels)"
+        f"{dataset}: {len(train_idx)} train / {len(val_idx)} validation / {len(test_idx)} test images, "
+        f"label_mode {mode}"
     )
