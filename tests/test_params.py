@@ -72,6 +72,8 @@ def _with(raw, path, value):
         ("train.model.dropouts", [0.1], r"one rate per block \(4\)"),
         ("train.model.filters", [8] * 6, r"at most 5 fit"),
         ("train.learning_rate", -1, r"train.learning_rate must be > 0"),
+        ("train.jit_compile", "yes", r"train.jit_compile must be auto, true or false, got 'yes'"),
+        ("train.mixed_precision", 1, r"train.mixed_precision must be auto, true or false, got 1"),
         ("split.max_train_images", 1, r"split.max_train_images must be an integer >= 2"),
     ],
 )

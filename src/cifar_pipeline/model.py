@@ -40,7 +40,8 @@ def build_classifier(params: ModelParams, num_classes: int) -> keras.Model:
 def with_normalization(classifier: keras.Model, stats: ChannelStats) -> keras.Model:
     """Raw pixels (uint8 or float 0-255) in; the classifier's weights are shared, not copied."""
     inputs = keras.Input(IMAGE_SHAPE, name="image")
-    x = layers.Normalization(axis=-1, mean=list(stats.mean), variance=list(np.square(stats.std)), name="normalize")(
-        inputs
+    normalize = layers.Normalization(
+        axis=-1, mean=list(stats.mean), variance=list(np.square(stats.std)), name="normalize", dtype="float32"
     )
+    x = normalize(inputs)
     return keras.Model(inputs, classifier(x), name="cifar_model")

@@ -69,6 +69,8 @@ class TrainParams:
     epochs: int
     batch_size: int
     learning_rate: float
+    jit_compile: str | bool
+    mixed_precision: str | bool
     lr_schedule: ScheduleParams
     augment: AugmentParams
     model: ModelParams
@@ -177,7 +179,19 @@ def _split(value: Any) -> SplitParams:
 
 def _train(value: Any) -> TrainParams:
     section = _mapping(
-        value, "train", {"seed", "epochs", "batch_size", "learning_rate", "lr_schedule", "augment", "model"}
+        value,
+        "train",
+        {
+            "seed",
+            "epochs",
+            "batch_size",
+            "learning_rate",
+            "jit_compile",
+            "mixed_precision",
+            "lr_schedule",
+            "augment",
+            "model",
+        },
     )
     rate = _number(section["learning_rate"], "train.learning_rate")
     if rate <= 0:
@@ -187,6 +201,8 @@ def _train(value: Any) -> TrainParams:
         epochs=_integer(section["epochs"], "train.epochs", minimum=1),
         batch_size=_integer(section["batch_size"], "train.batch_size", minimum=1),
         learning_rate=rate,
+        jit_compile=_auto_or_bool(section["jit_compile"], "train.jit_compile"),
+        mixed_precision=_auto_or_bool(section["mixed_precision"], "train.mixed_precision"),
         lr_schedule=_schedule(section["lr_schedule"]),
         augment=_augment(section["augment"]),
         model=_model(section["model"]),
@@ -280,6 +296,12 @@ def _choice(value: Any, where: str, allowed: tuple[str, ...]) -> str:
             f"params.yaml: {where} must be one of {list(allowed)}, got {value!r}{_did_you_mean(value, allowed)}"
         )
     return value
+
+
+def _auto_or_bool(value: Any, where: str) -> str | bool:
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ParamsError(f"params.yaml: {where} must be auto, true or false, got {value!r}")
 
 
 def _integer(value: Any, where: str, minimum: int | None = None, maximum: int | None = None) -> int:

@@ -1,0 +1,301 @@
+"""Measure the pipeline's speed on this machine, side by side, and write results.{md,json}.
+
+    python benchmarks/run.py                 # full run, ~10 min on 2 CPU cores
+    python benchmarks/run.py --smoke --out /tmp/bench   # seconds; what the test suite runs
+
+Every number is a median of several repeats taken in this one run, so ratios compare
+like with like. Nothing here is a pass/fail test: targets are reported, not asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))  # the project's own fixture builders
+
+from archives import build_archive  # noqa: E402
+from project import create, edit_params, environment  # noqa: E402
+
+FULL = {"train_images": 2048, "epochs": 5, "batch_size": 128, "train_per_file": 10_000, "test": 10_000, "repeats": 3}
+SMOKE = {"train_images": 128, "epochs": 2, "batch_size": 32, "train_per_file": 200, "test": 200, "repeats": 1}
+TARGETS = {
+    "steady_img_s": 200.0,
+    "epoch_wall_within": 0.03,
+    "ratio_vs_baseline": 2.4,
+    "data_stage_s": 10.0,
+    "data_stage_rss_gb": 3.0,
+    "noop_repro_minus_status_s": 2.0,
+}
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+        simd = [f for f in ("avx2", "fma", "avx512f") if f" {f}" in flags]
+    except (OSError, StopIteration):
+        simd = []
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    versions = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import tensorflow as tf, keras, mlflow; "
+            "print(tf.__version__, keras.__version__, mlflow.__version__, len(tf.config.list_physical_devices('GPU')))",
+        ],
+        capture_output=True,
+        text=True,
+        env=environment(),
+        check=True,
+    ).stdout.split()
+    return {
+        "cpu": cpu,
+        "simd": simd,
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory, 1),
+        "python": platform.python_version(),
+        "tensorflow": versions[0],
+        "keras": versions[1],
+        "mlflow": versions[2],
+        "gpus": int(versions[3]),
+    }
+
+
+def timed(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Wall seconds and peak RSS in GB of one child process (its own rusage, from wait4)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(command, cwd=cwd, env=env or environment(), stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            err.seek(0)
+            raise RuntimeError(f"{' '.join(command)} failed:\n{err.read().decode()[-3000:]}")
+    return wall, usage.ru_maxrss / 1e6  # kB -> GB
+
+
+def train_speed(size: dict) -> list[dict]:
+    base = {"images": size["train_images"], "batch_size": size["batch_size"], "epochs": size["epochs"]}
+    configs = [
+        ("ours (train stage defaults)", {"pipeline": "ours"}, {}),
+        ("ours, oneDNN forced on", {"pipeline": "ours"}, {"TF_ENABLE_ONEDNN_OPTS": "1"}),
+        ("ours, oneDNN forced off", {"pipeline": "ours"}, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+        ("ours, 1 inter-op thread", {"pipeline": "ours"}, {"TF_NUM_INTEROP_THREADS": "1"}),
+        # bfloat16 is emulated on CPUs without AVX512-BF16: minutes per epoch, so a short run
+        ("ours, mixed precision forced on", {"pipeline": "ours", "mixed_precision": True, "images": 384, "epochs": 2}, {}),
+        ("ours, XLA jit_compile", {"pipeline": "ours", "jit_compile": True}, {}),
+        ("ours, tf.data autotune on", {"pipeline": "ours", "autotune": True}, {}),
+        ("ours, no augmentation", {"pipeline": "ours", "augment": False}, {}),
+        (
+            "seed-style ImageDataGenerator, oneDNN on",
+            {"pipeline": "imagedatagenerator"},
+            {"TF_ENABLE_ONEDNN_OPTS": "1"},
+        ),
+        # The baseline is the seed as it ran: legacy generator, TensorFlow's own defaults.
+        ("seed-style ImageDataGenerator", {"pipeline": "imagedatagenerator"}, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+    ]
+    if size is SMOKE:  # the code paths, not the comparisons: first (ours) and last (baseline) only
+        configs = [configs[0], configs[-1]]
+    results = []
+    for name, config, env in configs:
+        print(f"  training speed: {name} ...", flush=True)
+        config = base | config
+        if size is SMOKE:
+            config["images"] = base["images"]
+        command = [sys.executable, str(ROOT / "benchmarks/train_speed.py"), json.dumps(config)]
+        out = subprocess.run(command, capture_output=True, text=True, env=environment() | env, check=False)
+        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if line is None:
+            raise RuntimeError(f"{name} failed:\n{out.stderr[-3000:]}")
+        results.append({"name": name, **json.loads(line.removeprefix("RESULT "))})
+    return results
+
+
+def data_stages(size: dict, work: Path) -> dict:
+    archive = work / "cifar-10-binary.tar.gz"
+    md5 = build_archive(archive, "cifar10", train_per_file=size["train_per_file"], test=size["test"])
+    project = work / "stages"
+    project.mkdir()
+    (project / "params.yaml").write_text(
+        (ROOT / "params.yaml")
+        .read_text()
+        .replace("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz", str(archive))
+        .replace("c32a1d4ab5d03f1284b67883e8d87530", md5)
+    )
+    env = environment() | {"PYTHONPATH": str(ROOT / "src")}
+    stages = {
+        "download (parse archive)": ["download.py", "cifar10", "data/raw/cifar10"],
+        "split": ["split.py", "cifar10", "data/raw/cifar10", "data/split/cifar10"],
+        "normalize": ["normalize.py", "data/split/cifar10", "data/normalized/cifar10"],
+    }
+    results = {}
+    for name, (script, *args) in stages.items():
+        runs = [
+            timed([sys.executable, str(ROOT / "stages" / script), *args], project, env) for _ in range(size["repeats"])
+        ]
+        results[name] = {"wall_s": statistics.median(r[0] for r in runs), "peak_rss_gb": max(r[1] for r in runs)}
+        print(f"  {name}: {results[name]}", flush=True)
+    results["images"] = 5 * size["train_per_file"] + size["test"]
+    return results
+
+
+def dvc_noop(size: dict, work: Path) -> dict:
+    datasets = ("cifar10",) if size is SMOKE else ("cifar10", "cifar100")
+    archives = {}
+    for dataset in datasets:
+        path = work / f"{dataset}.tar.gz"
+        archives[dataset] = {"url": str(path), "md5": build_archive(path, dataset, train_per_file=20, test=20)}
+    project = create(work / "project", archives)
+    edit_params(project, lambda params: params.update(datasets=list(datasets)))
+    subprocess.run(["dvc", "repro"], cwd=project, env=environment(), check=True, capture_output=True)
+    results = {}
+    for command in (["dvc", "status"], ["dvc", "repro"]):
+        walls = [timed(command, project)[0] for _ in range(max(3, size["repeats"] + 2))]
+        results[" ".join(command)] = statistics.median(walls)
+    results["difference_s"] = results["dvc repro"] - results["dvc status"]
+    return results
+
+
+def mlflow_cost(work: Path, repeats: int = 20) -> float:
+    """Median seconds of one epoch's `log_metrics` call (9 metrics) against a local SQLite store."""
+    code = f"""
+import mlflow, time, statistics
+mlflow.set_tracking_uri("sqlite:///{work}/bench.db")
+with mlflow.start_run():
+    times = []
+    for step in range({repeats}):
+        metrics = {{k: 0.5 for k in ("loss", "accuracy", "top5_accuracy", "val_loss", "val_accuracy",
+                                      "val_top5_accuracy", "learning_rate", "epoch_time_s", "images_per_second")}}
+        start = time.perf_counter(); mlflow.log_metrics(metrics, step=step); times.append(time.perf_counter() - start)
+print(statistics.median(times[1:]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment(), check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def report(results: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    m = results["machine"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Machine: {m['cpu']} ({', '.join(m['simd'])}), {m['cores']} cores, {m['memory_gib']} GiB, "
+        f"{m['gpus']} GPU(s); Python {m['python']}, TensorFlow {m['tensorflow']}, Keras {m['keras']}, "
+        f"MLflow {m['mlflow']}. Mode: {results['mode']}. Taken {results['date']}.",
+        "",
+        "## Training: the seed model (CIFAR-10 shape), medians over epochs 2..N",
+        "",
+        "| setup | steady img/s | epoch wall img/s | wall vs steady | first-epoch overhead s | GFLOP/s | of peak |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results["training"]:
+        gap = 1 - r["epoch_wall_img_s"] / r["steady_img_s"]
+        overhead = r["first_epoch_overhead_s"]
+        lines.append(
+            f"| {r['name']} | {r['steady_img_s']:.0f} | {r['epoch_wall_img_s']:.0f} | {gap:+.1%} | "
+            f"{overhead:.1f} | {r['achieved_gflops']:.1f} | {r['fraction_of_peak']:.0%} |"
+            if overhead is not None
+            else f"| {r['name']} | {r['steady_img_s']:.0f} | {r['epoch_wall_img_s']:.0f} | {gap:+.1%} | - | "
+            f"{r['achieved_gflops']:.1f} | {r['fraction_of_peak']:.0%} |"
+        )
+    ours = results["training"][0]
+    peaks = ours["peak_gflops"]
+    lines += [
+        "",
+        f"Peak measured in the same process as 'ours': matmul {peaks['matmul']:.0f} GFLOP/s, conv {peaks['conv']:.0f} "
+        f"GFLOP/s; training cost {ours['train_mflop_per_image']:.0f} MFLOP per image (3x forward). "
+        f"Ours / seed-style baseline: **{results['ratio_vs_baseline']:.2f}x**.",
+        "",
+        f"## Data stages at full scale ({results['data_stages'].pop('images'):,} synthetic images, official layout)",
+        "",
+        "| stage | wall s | peak RSS GB |",
+        "|---|---|---|",
+        *[f"| {k} | {v['wall_s']:.1f} | {v['peak_rss_gb']:.2f} |" for k, v in results["data_stages"].items()],
+        "",
+        "## DVC and MLflow overhead",
+        "",
+        f"- `dvc status`: {results['dvc']['dvc status']:.2f} s; `dvc repro` with nothing to do: "
+        f"{results['dvc']['dvc repro']:.2f} s (difference {results['dvc']['difference_s']:+.2f} s).",
+        f"- MLflow `log_metrics` per epoch: {results['mlflow_log_s'] * 1000:.1f} ms = "
+        f"{results['mlflow_fraction_full_epoch']:.4%} of a full CIFAR-10 epoch (45,000 images at the steady rate).",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+        *[f"| {name} | {value} | {'yes' if ok else '**no**'} |" for name, value, ok in results["targets"]],
+        "",
+    ]
+    (out / "results.md").write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the code, measures nothing useful")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    size = SMOKE if args.smoke else FULL
+    results: dict = {
+        "mode": "smoke" if args.smoke else "full",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "sizes": size,
+        "machine": machine(),
+    }
+    print("machine:", results["machine"], flush=True)
+    with tempfile.TemporaryDirectory(prefix="cifar-bench-") as tmp:
+        work = Path(tmp)
+        results["training"] = train_speed(size)
+        (work / "data").mkdir()
+        results["data_stages"] = data_stages(size, work / "data")
+        (work / "dvc").mkdir()
+        results["dvc"] = dvc_noop(size, work / "dvc")
+        results["mlflow_log_s"] = mlflow_cost(work)
+    ours, baseline = results["training"][0], results["training"][-1]
+    results["ratio_vs_baseline"] = ours["steady_img_s"] / baseline["steady_img_s"]
+    results["mlflow_fraction_full_epoch"] = results["mlflow_log_s"] / (45_000 / ours["steady_img_s"])
+    wall_gap = 1 - ours["epoch_wall_img_s"] / ours["steady_img_s"]
+    stage_walls = [v["wall_s"] for v in results["data_stages"].values() if isinstance(v, dict)]
+    stage_rss = [v["peak_rss_gb"] for v in results["data_stages"].values() if isinstance(v, dict)]
+    results["targets"] = [
+        ("steady >= 200 img/s", f"{ours['steady_img_s']:.0f}", ours["steady_img_s"] >= TARGETS["steady_img_s"]),
+        ("epoch wall within 3% of steady", f"{wall_gap:+.1%}", wall_gap <= TARGETS["epoch_wall_within"]),
+        (
+            ">= 2.4x seed-style baseline",
+            f"{results['ratio_vs_baseline']:.2f}x",
+            results["ratio_vs_baseline"] >= TARGETS["ratio_vs_baseline"],
+        ),
+        (
+            "split/normalize/parse <= 10 s each",
+            f"max {max(stage_walls):.1f} s",
+            max(stage_walls) <= TARGETS["data_stage_s"],
+        ),
+        ("peak RSS <= 3 GB", f"max {max(stage_rss):.2f} GB", max(stage_rss) <= TARGETS["data_stage_rss_gb"]),
+        (
+            "no-op repro <= status + 2 s",
+            f"{results['dvc']['difference_s']:+.2f} s",
+            results["dvc"]["difference_s"] <= TARGETS["noop_repro_minus_status_s"],
+        ),
+    ]
+    report(results, args.out)
+    print((args.out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""One training-speed measurement, run in its own process (TF reads its env vars at import).
+
+Usage: python benchmarks/train_speed.py CONFIG_JSON  -> prints one JSON line.
+CONFIG keys: pipeline ("ours" | "imagedatagenerator"), images, batch_size, epochs,
+jit_compile, autotune, classes. Set TF_ENABLE_ONEDNN_OPTS in the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+# isort: off
+import cifar_pipeline  # noqa: F401  first: it sets TF's env defaults before TF is imported, as in the train stage
+import keras
+import numpy as np
+import tensorflow as tf
+
+# isort: on
+from cifar_pipeline.hardware import precision_policy
+from cifar_pipeline.input_pipeline import training_dataset
+from cifar_pipeline.model import build_classifier
+from cifar_pipeline.params import load_params
+from cifar_pipeline.training import compile_classifier
+
+# The model and augmentation of the project's params.yaml (the seed recipe by default).
+TRAIN = load_params(Path(__file__).resolve().parents[1] / "params.yaml").train
+
+
+def forward_flops(model) -> float:
+    """Multiply-adds x 2 of the conv and dense layers for one image (BN, pooling ignored)."""
+    import keras
+
+    flops = 0.0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            k_h, k_w = layer.kernel_size
+            flops += 2.0 * h * w * k_h * k_w * layer.input.shape[-1] * c_out
+        elif isinstance(layer, keras.layers.Dense):
+            flops += 2.0 * layer.input.shape[-1] * layer.units
+    return flops
+
+
+def peak_gflops(repeats: int = 5) -> dict[str, float]:
+    """Best observed float32 matmul and conv throughput in this process's TF configuration."""
+    a = tf.random.normal((2048, 2048))
+    matmul = tf.function(lambda: tf.matmul(a, a))
+    x = tf.random.normal((128, 32, 32, 64))
+    kernel = tf.random.normal((3, 3, 64, 64))
+    conv = tf.function(lambda: tf.nn.conv2d(x, kernel, 1, "SAME"))
+    results = {}
+    for name, fn, flops in (("matmul", matmul, 2.0 * 2048**3), ("conv", conv, 2.0 * 128 * 32 * 32 * 9 * 64 * 64)):
+        fn().numpy()
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn().numpy()
+            best = min(best, time.perf_counter() - start)
+        results[name] = flops / best / 1e9
+    return results
+
+
+class Timer(tf.keras.callbacks.Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoch_starts: list[float] = []
+        self.batch_times: list[list[float]] = []
+        self._batch_start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_starts.append(time.perf_counter())
+        self.batch_times.append([])
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._batch_start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batch_times[-1].append(time.perf_counter() - self._batch_start)
+
+
+def seed_style_dataset(images, labels, batch_size):
+    """The seed's input path: legacy ImageDataGenerator doing per-image numpy augmentation."""
+    generator = tf.keras.preprocessing.image.ImageDataGenerator(
+        horizontal_flip=True, width_shift_range=4, height_shift_range=4, fill_mode="constant", cval=0.0
+    )
+    return generator.flow(images, labels, batch_size=batch_size, seed=0)
+
+
+def main() -> None:
+    config = json.loads(sys.argv[1])
+    tf.keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    n, batch = config["images"], config["batch_size"]
+    images = rng.standard_normal((n, 32, 32, 3), dtype=np.float32)
+    labels = rng.integers(0, config.get("classes", 10), n).astype(np.int32)
+
+    keras.mixed_precision.set_global_policy(precision_policy(config.get("mixed_precision", "auto")))
+    model = build_classifier(TRAIN.model, config.get("classes", 10))
+    compile_classifier(model, 0.005)
+    if config.get("jit_compile"):
+        model.jit_compile = True
+    if config["pipeline"] == "ours":
+        augment = (
+            TRAIN.augment if config.get("augment", True) else dataclasses.replace(TRAIN.augment, flip=False, shift=0)
+        )
+        data = training_dataset(images, labels, batch, augment, seed=0)
+        if config.get("autotune"):
+            options = tf.data.Options()
+            options.autotune.enabled = True
+            data = data.with_options(options)
+    else:
+        data = seed_style_dataset(images, labels, batch)
+
+    timer = Timer()
+    start = time.perf_counter()
+    model.fit(data, epochs=config["epochs"], callbacks=[timer], verbose=0, shuffle=False)
+    end = time.perf_counter()
+
+    # An epoch's wall time runs to the next epoch's start (or fit's return), so a stall while
+    # an iterator shuts down is counted where the user pays for it.
+    bounds = [*timer.epoch_starts, end]
+    walls = [b - a for a, b in itertools.pairwise(bounds)]
+    steady_batches = [t for epoch in timer.batch_times[1:] for t in epoch[1:-1]] or timer.batch_times[-1]
+    steady = batch / statistics.median(steady_batches)
+    epoch_wall = n / statistics.median(walls[1:]) if len(walls) > 1 else n / walls[0]
+    train_flops = 3.0 * forward_flops(model)
+    peaks = peak_gflops()
+    result = {
+        "config": config,
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
+        "dtype_policy": keras.mixed_precision.global_policy().name,
+        "jit_compile": bool(model.jit_compile),
+        "steady_img_s": steady,
+        "epoch_wall_img_s": epoch_wall,
+        "epoch_walls_s": walls,
+        "first_epoch_overhead_s": walls[0] - statistics.median(walls[1:]) if len(walls) > 1 else None,
+        "fit_return_s": end - start,
+        "train_mflop_per_image": train_flops / 1e6,
+        "achieved_gflops": steady * train_flops / 1e9,
+        "peak_gflops": peaks,
+        "fraction_of_peak": steady * train_flops / 1e9 / max(peaks.values()),
+    }
+    print("RESULT " + json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
