@@ -1,13 +1,16 @@
 """`dvc repro` end to end in a throwaway copy of the project, both datasets, tiny params.
 
 One module-scoped project is reused in order: first repro, no-op repro, a train param
-edit, a CIFAR-100-only edit, then a queued experiment. Each test states what a user
-would see.
+edit, a CIFAR-100-only edit, a SIGKILL during training and its resume, then two
+queued experiments run in parallel. Each test states what a user would see.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -16,7 +19,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from project import create, edit_params, run, stages_run
+from project import create, edit_params, environment, run, stages_run
 
 pytestmark = pytest.mark.e2e
 
@@ -155,27 +158,79 @@ def test_a_cifar100_only_param_leaves_cifar10_alone(project):
     assert json.loads((path / "data/split/cifar100/classes.json").read_text())["label_mode"] == "coarse"
 
 
-def test_queued_experiment_logs_to_the_project_store(project):
+def test_training_killed_mid_way_resumes_the_same_run(project):
+    """SIGKILL (no chance to clean up) during training; the next repro continues that MLflow run."""
+    path, _ = project
+    epochs = 30
+    edit_params(path, lambda p: p["train"].update(epochs=epochs))
+    before = {r.info.run_id for r in runs_by_dataset(path)["cifar10"]}
+    proc = subprocess.Popen(
+        ["dvc", "repro", "train@cifar10"],
+        cwd=path,
+        env=environment(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        states = list((path / "data/.checkpoints").glob("cifar10-*/state.json"))
+        if states:
+            try:
+                done = json.loads(states[0].read_text())["epochs_done"]
+            except (OSError, ValueError):
+                done = 0
+        if done >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    interrupted = [r for r in runs_by_dataset(path)["cifar10"] if r.info.run_id not in before]
+    assert len(interrupted) == 1 and interrupted[0].info.status == "RUNNING"  # SIGKILL leaves no chance to end it
+
+    output = run(path, "dvc", "repro", "train@cifar10").stdout
+    assert "resuming MLflow run" in output
+    after = [r for r in runs_by_dataset(path)["cifar10"] if r.info.run_id not in before]
+    assert [r.info.run_id for r in after] == [interrupted[0].info.run_id]
+    assert after[0].info.status == "FINISHED"
+    c = client(path)
+    for key in PER_EPOCH:
+        assert [m.step for m in c.get_metric_history(after[0].info.run_id, key)] == list(range(1, epochs + 1)), key
+    assert len((path / "plots/training/cifar10.csv").read_text().splitlines()) == epochs + 1
+    assert not list((path / "data/.checkpoints").glob("cifar10-*"))
+
+
+def test_two_queued_experiments_run_in_parallel_into_the_project_store(project):
     path, _ = project
     run(path, "git", "add", "-A")
     run(path, "git", "commit", "-qm", "state after edits")
-    run(path, "dvc", "exp", "run", "--queue", "-S", "train.seed=7", "-S", "train.epochs=1", "--name", "queued-seed7")
-    run(path, "dvc", "queue", "start")
-    deadline = time.monotonic() + 300
+    names = ("queued-a", "queued-b")
+    for seed, name in enumerate(names, start=7):
+        run(path, "dvc", "exp", "run", "--queue", "-S", f"train.seed={seed}", "-S", "train.epochs=1", "--name", name)
+    run(path, "dvc", "queue", "start", "-j", "2")
+    deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         status = run(path, "dvc", "queue", "status").stdout
-        if "queued-seed7" in status and ("Success" in status or "Failed" in status):
+        finished = [
+            line
+            for line in status.splitlines()
+            if any(n in line for n in names) and ("Success" in line or "Failed" in line)
+        ]
+        if len(finished) == len(names):
             break
         time.sleep(3)
-    assert "Success" in status, status + run(path, "dvc", "queue", "logs", "queued-seed7", check=False).stdout
+    logs = "".join(run(path, "dvc", "queue", "logs", name, check=False).stdout for name in names)
+    assert status.count("Success") >= len(names), status + logs
     found = runs_by_dataset(path)
     for d in DATASETS:
-        queued = [r for r in found[d] if r.data.tags.get("dvc_experiment") == "queued-seed7"]
-        assert len(queued) == 1, d
-        r = queued[0]
-        assert r.info.run_name == f"{d}-queued-seed7" and r.info.status == "FINISHED"
-        assert "test_accuracy" in r.data.metrics
-        # artifacts live under the project root, not in the deleted temporary copy
-        assert r.info.artifact_uri.startswith((path / "mlruns").as_uri()) or r.info.artifact_uri.startswith(
-            str(path / "mlruns")
-        )
+        for name in names:
+            queued = [r for r in found[d] if r.data.tags.get("dvc_experiment") == name]
+            assert len(queued) == 1, (d, name)
+            r = queued[0]
+            assert r.info.run_name == f"{d}-{name}" and r.info.status == "FINISHED"
+            assert set(TEST_METRICS) <= set(r.data.metrics)
+            assert len(client(path).get_metric_history(r.info.run_id, "loss")) == 1
+            # artifacts live under the project root, not in the deleted temporary copy
+            assert r.info.artifact_uri.startswith(((path / "mlruns").as_uri(), str(path / "mlruns")))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable
 
@@ -23,12 +24,20 @@ def run_stage(
     parser = argparse.ArgumentParser(description=description)
     add_arguments(parser)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill`, or a scheduler stopping the job: same as Ctrl-C
     try:
         params = load_params()
         body(args, params)
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(
+            "error: interrupted; this stage left no output. Run `dvc repro` again: "
+            "training resumes after its last finished epoch",
+            file=sys.stderr,
+        )
+        sys.exit(130)
     except OSError as err:  # disk full, read-only or unwritable output folder
         where = f" {err.filename}" if err.filename else ""
         print(
@@ -36,3 +45,7 @@ def run_stage(
             file=sys.stderr,
         )
         sys.exit(2)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

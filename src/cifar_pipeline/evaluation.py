@@ -69,7 +69,7 @@ def evaluate_model(
     per_class = dict(zip(names, result.per_class_accuracy.round(6).tolist(), strict=True))
 
     run_id = read_json(model_dir / RUN_FILE)["run_id"]
-    with tracking.resume_run(run_id):
+    with tracking.reopen_run(run_id):
         mlflow.log_metrics(result.metrics())
         mlflow.log_dict(per_class, "metrics/per_class_accuracy.json")
         mlflow.log_figure(

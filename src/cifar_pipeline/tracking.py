@@ -9,6 +9,7 @@ keeps their runs (and artifacts) in the same store instead of a folder DVC delet
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -35,33 +37,59 @@ def project_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
 
 
+def default_uri() -> str:
+    return f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
 
 
 def experiment_name() -> str:
     return os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT_NAME
 
 
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise first-time set-up of a local SQLite store between parallel stages.
+
+    Creating the tables (MLflow runs its migrations) or the experiment from two processes
+    at once fails, as `dvc queue start -j 2` on a new project would; later writes are
+    safe, as MLflow sets a 20 s SQLite busy timeout on every connection. A tracking
+    server serialises its own clients.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    with open(uri.removeprefix("sqlite:///") + ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def configure() -> str:
     """Point MLflow at the store and return the experiment id, creating the experiment once."""
-    mlflow.set_tracking_uri(tracking_uri())
-    client = MlflowClient()
-    name = experiment_name()
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    # Without an explicit location a local store puts artifacts under the *current*
-    # folder, which for a queued experiment is a temporary copy DVC deletes.
-    location = None if "MLFLOW_TRACKING_URI" in os.environ else (project_root() / "mlruns").as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except MlflowException:
-        # Another stage (a parallel queued experiment) created it first.
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)  # note: MLflow also exports it as MLFLOW_TRACKING_URI
+    with _store_lock(uri):
+        client = MlflowClient()
+        name = experiment_name()
         experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+        if experiment is not None:
+            return experiment.experiment_id
+        # Without an explicit location a local store puts artifacts under the *current*
+        # folder, which for a queued experiment is a temporary copy DVC deletes.
+        location = (project_root() / "mlruns").as_uri() if uri == default_uri() else None
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException:
+            # Another client of a shared server created it first.
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
 
 
 def git_commit() -> str | None:
@@ -89,25 +117,61 @@ def run_name(dataset: str) -> str:
 
 
 @contextmanager
-def new_run(dataset: str, params: dict[str, Any]) -> Iterator[mlflow.ActiveRun]:
-    """Start the training run of one model; it ends FAILED if the block raises."""
-    experiment_id = configure()
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name(dataset), tags=run_tags(dataset)) as run:
-        mlflow.log_params(params)
-        yield run
+def _ending() -> Iterator[None]:
+    """End the active run as FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED with the reason: never RUNNING."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException as err:
+        mlflow.set_tag("failure", f"{type(err).__name__}: {err}"[:4000])
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
 
 
-@contextmanager
-def resume_run(run_id: str) -> Iterator[mlflow.ActiveRun]:
-    """Reopen the training run so evaluation lands beside it, not in a run of its own."""
-    configure()
+def _exists(run_id: str) -> bool:
     try:
         MlflowClient().get_run(run_id)
     except MlflowException:
+        return False
+    return True
+
+
+@contextmanager
+def training_run(dataset: str, params: dict[str, Any], resume_id: str | None = None) -> Iterator[tuple[str, bool]]:
+    """Yield (run id, resumed): the interrupted run `resume_id` if the store still has it, else a new run."""
+    experiment_id = configure()
+    if resume_id and _exists(resume_id):
+        run = mlflow.start_run(run_id=resume_id)
+        resumed = True
+    else:
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name(dataset), tags=run_tags(dataset))
+        mlflow.log_params(params)
+        resumed = False
+    with _ending():
+        yield run.info.run_id, resumed
+
+
+def log_missing_epochs(run_id: str, rows: list[dict[str, float]]) -> None:
+    """Log the epochs of `rows` the run does not have yet (a kill can fall between commit and log)."""
+    logged = MlflowClient().get_metric_history(run_id, "loss")
+    last = max((metric.step for metric in logged), default=0)
+    for row in rows:
+        if row["epoch"] > last:
+            mlflow.log_metrics({key: value for key, value in row.items() if key != "epoch"}, step=int(row["epoch"]))
+
+
+@contextmanager
+def reopen_run(run_id: str) -> Iterator[None]:
+    """Reopen the training run so evaluation lands beside it, not in a run of its own."""
+    configure()
+    if not _exists(run_id):
         raise TrackingError(
             f"MLflow run {run_id} is not in the store {tracking_uri()}; the model was trained against another "
-            f"store (MLFLOW_TRACKING_URI?) or the store was deleted: rerun training with `dvc repro --force` "
-            f"on the train stage"
-        ) from None
-    with mlflow.start_run(run_id=run_id) as run:
-        yield run
+            f"store (MLFLOW_TRACKING_URI?) or the store was deleted: retrain with `dvc repro --force train@<dataset>`"
+        )
+    mlflow.start_run(run_id=run_id)
+    with _ending():
+        yield

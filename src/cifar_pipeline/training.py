@@ -11,7 +11,10 @@ import numpy as np
 import tensorflow as tf
 
 from cifar_pipeline import tracking
+from cifar_pipeline.checkpoint import Checkpoints, TrainingState, fingerprint
+from cifar_pipeline.errors import PipelineError
 from cifar_pipeline.figures import training_curves
+from cifar_pipeline.hardware import has_gpu, precision_policy
 from cifar_pipeline.input_pipeline import evaluation_dataset, training_dataset
 from cifar_pipeline.model import build_classifier, with_normalization
 from cifar_pipeline.normalize import ChannelStats
@@ -24,16 +27,37 @@ MODEL_FILE = "model.keras"
 RUN_FILE = "mlflow_run.json"
 
 
-class EpochLogger(keras.callbacks.Callback):
-    """One `log_metrics` call per epoch: the Keras logs plus rate, wall time and throughput.
+class TrainingDiverged(PipelineError):
+    """The loss became NaN or infinite: more epochs cannot help."""
 
-    MLflow steps are 1-based epoch numbers, as Keras prints them ("Epoch 1/200").
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Like Keras's TerminateOnNaN, but raises, so the run ends FAILED with the reason
+    instead of "finishing" with a broken model."""
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            raise TrainingDiverged(
+                f"training diverged: loss is {float(loss)} at batch {batch + 1}; "
+                f"lower train.learning_rate or check the input data"
+            )
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Per finished epoch: commit a checkpoint, then one `log_metrics` call to MLflow.
+
+    Logs the Keras metrics plus rate, wall time and throughput; steps are 1-based epoch
+    numbers, as Keras prints them ("Epoch 1/200"). Committing before logging means a
+    kill can only leave an epoch unlogged, which the resumed run logs from the
+    checkpoint: no step is ever logged twice.
     """
 
-    def __init__(self, images_per_epoch: int) -> None:
+    def __init__(self, images_per_epoch: int, checkpoints: Checkpoints, state: TrainingState) -> None:
         super().__init__()
         self.images_per_epoch = images_per_epoch
-        self.rows: list[dict[str, float]] = []
+        self.checkpoints = checkpoints
+        self.state = state
         self._started = 0.0
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
@@ -45,13 +69,19 @@ class EpochLogger(keras.callbacks.Callback):
         metrics["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         metrics["epoch_time_s"] = seconds
         metrics["images_per_second"] = self.images_per_epoch / seconds
+        self.state.rows.append({"epoch": epoch + 1, **metrics})
+        self.state.epochs_done = epoch + 1
+        self.checkpoints.commit(self.model, self.state)
         mlflow.log_metrics(metrics, step=epoch + 1)
-        self.rows.append({"epoch": epoch + 1, **metrics})
 
 
-def compile_classifier(model: keras.Model, learning_rate: float) -> None:
-    """Named metric objects, so Keras logs and MLflow keys match for both datasets."""
+def compile_classifier(model: keras.Model, learning_rate: float, jit_compile: str | bool = "auto") -> None:
+    """Named metric objects, so Keras logs and MLflow keys match for both datasets.
+
+    Keras wraps the optimizer in loss scaling itself under a mixed_float16 policy.
+    """
     model.compile(
+        jit_compile=jit_compile,
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=[
@@ -74,8 +104,14 @@ def train(
     val_images = load_array(normalized_dir, "val_images")
     val_labels = load_array(split_dir, "val_labels")
 
-    classifier = build_classifier(settings.model, num_classes=len(classes))
-    compile_classifier(classifier, settings.learning_rate)
+    policy = precision_policy(settings.mixed_precision)
+    keras.mixed_precision.set_global_policy(policy)
+    checkpoints = Checkpoints(dataset, fingerprint(dataset, params, split_dir, normalized_dir))
+    saved = checkpoints.load()
+    classifier = checkpoints.load_model(saved) if saved else None
+    if classifier is None:
+        classifier = build_classifier(settings.model, num_classes=len(classes))
+        compile_classifier(classifier, settings.learning_rate, settings.jit_compile)
     logged_params = {
         "dataset": dataset,
         **flatten(params.data[dataset], f"data.{dataset}."),
@@ -85,31 +121,49 @@ def train(
         "train_images": len(train_images),
         "val_images": len(val_images),
         "model_parameters": classifier.count_params(),
+        "resolved.dtype_policy": policy,
+        "resolved.jit_compile": bool(classifier.jit_compile),
+        "resolved.device": "gpu" if has_gpu() else "cpu",
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
     }
-    logger = EpochLogger(images_per_epoch=len(train_images))
-    with tracking.new_run(dataset, logged_params) as run:
+    with tracking.training_run(dataset, logged_params, resume_id=saved.run_id if saved else None) as (run_id, resumed):
+        if resumed:
+            print(f"{dataset}: resuming MLflow run {run_id} after epoch {saved.epochs_done} of {settings.epochs}")
+            state = saved
+            tracking.log_missing_epochs(run_id, state.rows)
+            mlflow.set_tag("resumed_after_epoch", str(state.epochs_done))
+        else:
+            state = checkpoints.start(run_id)
+            if saved:  # the store lost the old run: log what the checkpoint remembers
+                state.rows, state.epochs_done, state.model_file = saved.rows, saved.epochs_done, saved.model_file
+                tracking.log_missing_epochs(run_id, state.rows)
         classifier.fit(
             training_dataset(train_images, train_labels, settings.batch_size, settings.augment, settings.seed),
             validation_data=evaluation_dataset(val_images, val_labels, settings.batch_size),
             epochs=settings.epochs,
-            callbacks=[scheduler_callback(settings.learning_rate, settings.lr_schedule), logger],
+            initial_epoch=state.epochs_done,
+            callbacks=[
+                scheduler_callback(settings.learning_rate, settings.lr_schedule),
+                StopOnNonFinite(),
+                EpochLogger(len(train_images), checkpoints, state),
+            ],
             shuffle=False,  # the dataset shuffles (seeded) itself
             verbose=2,
         )
         model = with_normalization(classifier, stats)
-        mlflow.log_figure(training_curves(logger.rows, f"{dataset}: training curves"), "plots/training_curves.png")
+        mlflow.log_figure(training_curves(state.rows, f"{dataset}: training curves"), "plots/training_curves.png")
         log_model(model, sample=load_array(split_dir, "val_images")[:8])
         with atomic_dir(model_dir) as tmp:
             model.save(tmp / MODEL_FILE)
-            write_json(tmp / RUN_FILE, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
+            write_json(tmp / RUN_FILE, {"run_id": run_id})
         write_csv(
             history_csv,
             ["epoch", *HISTORY_KEYS],
-            ([row[key] for key in ("epoch", *HISTORY_KEYS)] for row in logger.rows),
+            ([row[key] for key in ("epoch", *HISTORY_KEYS)] for row in state.rows),
         )
-    return run.info.run_id
+    checkpoints.clear()
+    return run_id
 
 
 def log_model(model: keras.Model, sample: np.ndarray) -> None:

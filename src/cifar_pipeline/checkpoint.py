@@ -1,0 +1,102 @@
+"""Resuming killed training: one checkpoint per finished epoch, committed by one atomic rename.
+
+Keras's BackupAndRestore writes weights and metadata as two files, and knows nothing of
+MLflow. Here every finished epoch saves `epoch-NNNN.keras` (weights and optimizer state),
+then replaces `state.json`, the single commit point, which names that file and holds the
+MLflow run id and every epoch's metrics. A kill at any moment leaves the last committed
+state intact, so the next `dvc repro` continues the same MLflow run at the next epoch.
+
+Checkpoints live in `data/.checkpoints/<dataset>-<fingerprint>/`, outside every DVC
+output (DVC deletes a stage's outputs before rerunning it). The fingerprint covers the
+params and input data of the run, so a changed run never resumes an unrelated one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import keras
+
+from cifar_pipeline.outputs import atomic_file, read_json, write_json
+from cifar_pipeline.params import Params, flatten
+
+CHECKPOINT_ROOT = Path("data/.checkpoints")
+STATE_FILE = "state.json"
+
+
+@dataclass
+class TrainingState:
+    run_id: str
+    epochs_done: int = 0
+    rows: list[dict[str, float]] = field(default_factory=list)
+    model_file: str | None = None
+
+
+def fingerprint(dataset: str, params: Params, split_dir: Path, normalized_dir: Path) -> str:
+    """What makes two training runs the same run: params and the exact inputs."""
+    digest = hashlib.sha256()
+    config = {
+        "dataset": dataset,
+        "data": flatten(params.data[dataset]),
+        "split": flatten(params.split),
+        "train": flatten(params.train),
+    }
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for path in (
+        split_dir / "classes.json",
+        split_dir / "train_indices.npy",
+        split_dir / "val_indices.npy",
+        normalized_dir / "stats.json",
+    ):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class Checkpoints:
+    def __init__(self, dataset: str, key: str, root: Path = CHECKPOINT_ROOT) -> None:
+        self.dataset = dataset
+        self.root = root
+        self.folder = root / f"{dataset}-{key}"
+
+    def load(self) -> TrainingState | None:
+        path = self.folder / STATE_FILE
+        if not path.is_file():
+            return None
+        state = TrainingState(**read_json(path))
+        if state.model_file and not (self.folder / state.model_file).is_file():
+            return None
+        return state
+
+    def load_model(self, state: TrainingState) -> keras.Model | None:
+        return keras.models.load_model(self.folder / state.model_file) if state.model_file else None
+
+    def start(self, run_id: str) -> TrainingState:
+        """A fresh run: drop this dataset's checkpoints of other configurations, record the run id."""
+        if self.root.is_dir():
+            for stale in self.root.glob(f"{self.dataset}-*"):
+                if stale != self.folder:
+                    shutil.rmtree(stale, ignore_errors=True)
+        state = TrainingState(run_id=run_id)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._write_state(state)
+        return state
+
+    def commit(self, model: keras.Model, state: TrainingState) -> None:
+        """Save the model, then switch `state.json` to it; only then drop the previous file."""
+        previous = state.model_file
+        state.model_file = f"epoch-{state.epochs_done:04d}.keras"
+        model.save(self.folder / state.model_file)
+        self._write_state(state)
+        if previous and previous != state.model_file:
+            (self.folder / previous).unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _write_state(self, state: TrainingState) -> None:
+        with atomic_file(self.folder / STATE_FILE) as tmp:
+            write_json(tmp, asdict(state))

@@ -1,0 +1,168 @@
+"""The train stage's run lifecycle, in-process on tiny arrays: divergence, Ctrl-C, resume.
+
+Each test works in its own folder with its own SQLite store (MLFLOW_TRACKING_URI), so
+the checkpoints (relative to the working folder) and runs never mix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cifar_pipeline import training
+from cifar_pipeline.checkpoint import CHECKPOINT_ROOT
+from cifar_pipeline.outputs import save_arrays, write_json
+from cifar_pipeline.params import ModelParams, load_params
+from cifar_pipeline.training import TrainingDiverged, train
+from project import ROOT
+
+EPOCHS = 4
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    rng = np.random.default_rng(0)
+    split, normalized = tmp_path / "split", tmp_path / "normalized"
+    split.mkdir()
+    normalized.mkdir()
+    labels = np.arange(80, dtype=np.int32) % 10
+    images = rng.integers(0, 256, (80, 32, 32, 3), dtype=np.uint8)
+    save_arrays(
+        split,
+        train_labels=labels[:64],
+        val_labels=labels[64:],
+        val_images=images[64:],
+        train_indices=np.arange(64),
+        val_indices=np.arange(64, 80),
+    )
+    save_arrays(
+        normalized,
+        train_images=rng.standard_normal((64, 32, 32, 3), dtype=np.float32),
+        val_images=rng.standard_normal((16, 32, 32, 3), dtype=np.float32),
+    )
+    write_json(split / "classes.json", {"label_mode": "label", "names": [str(i) for i in range(10)]})
+    write_json(normalized / "stats.json", {"mean": [120.0] * 3, "std": [60.0] * 3})
+    params = load_params(ROOT / "params.yaml")
+    tiny = ModelParams(filters=(4,), dropouts=(0.1,), dense_units=8, activation="relu")
+    params = dataclasses.replace(
+        params, train=dataclasses.replace(params.train, epochs=EPOCHS, batch_size=16, model=tiny)
+    )
+    return params, split, normalized, tmp_path
+
+
+def run_train(setup):
+    params, split, normalized, tmp = setup
+    return train("cifar10", params, split, normalized, tmp / "models", tmp / "history.csv")
+
+
+def only_run(tmp):
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("cifar").experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def steps(client, run_id, key="loss"):
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+def test_a_finished_run_leaves_no_checkpoint(setup):
+    run_id = run_train(setup)
+    client, run = only_run(setup[3])
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert steps(client, run_id) == [1, 2, 3, 4]
+    assert not any(CHECKPOINT_ROOT.glob("*/state.json"))
+
+
+def test_non_finite_loss_fails_the_run_with_the_reason_and_writes_nothing(setup, monkeypatch):
+    tmp = setup[3]
+    real_build = training.build_classifier
+
+    def diverging(model_params, num_classes):  # the classifier, with outputs that have blown up
+        inner = real_build(model_params, num_classes)
+        inputs = keras.Input(inner.input_shape[1:])
+        return keras.Model(inputs, keras.layers.Lambda(lambda p: p * float("nan"))(inner(inputs)))
+
+    monkeypatch.setattr(training, "build_classifier", diverging)
+    with pytest.raises(TrainingDiverged, match="loss is nan"):
+        run_train(setup)
+    _client, run = only_run(tmp)
+    assert run.info.status == "FAILED"
+    assert "training diverged" in run.data.tags["failure"]
+    assert not (tmp / "models").exists() and not (tmp / "history.csv").exists()
+
+
+def test_ctrl_c_marks_the_run_killed_and_the_next_run_continues_it(setup, monkeypatch):
+    tmp = setup[3]
+    original = training.EpochLogger.on_epoch_end
+
+    def interrupt_at_epoch_3(self, epoch, logs=None):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        original(self, epoch, logs)
+
+    monkeypatch.setattr(training.EpochLogger, "on_epoch_end", interrupt_at_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(setup)
+    client, run = only_run(tmp)
+    assert run.info.status == "KILLED"
+    assert steps(client, run.info.run_id) == [1, 2]
+    state = json.loads(next(CHECKPOINT_ROOT.glob("cifar10-*/state.json")).read_text())
+    assert state["epochs_done"] == 2 and state["run_id"] == run.info.run_id
+
+    monkeypatch.setattr(training.EpochLogger, "on_epoch_end", original)
+    assert run_train(setup) == run.info.run_id
+    client, run = only_run(tmp)
+    assert run.info.status == "FINISHED" and run.data.tags["resumed_after_epoch"] == "2"
+    for key in ("loss", "val_accuracy", "learning_rate", "epoch_time_s"):
+        assert steps(client, run.info.run_id, key) == [1, 2, 3, 4], key
+    assert len((tmp / "history.csv").read_text().splitlines()) == 1 + EPOCHS
+    assert not any(CHECKPOINT_ROOT.glob("*/state.json"))
+
+
+def test_a_kill_between_checkpoint_and_log_is_filled_in_on_resume(setup, monkeypatch):
+    tmp = setup[3]
+    real_log = mlflow.log_metrics
+
+    def die_on_step_2(metrics, step=None, **kwargs):
+        if step == 2:
+            raise KeyboardInterrupt  # the checkpoint of epoch 2 is committed, its metrics never logged
+        return real_log(metrics, step=step, **kwargs)
+
+    monkeypatch.setattr(training.mlflow, "log_metrics", die_on_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(setup)
+    monkeypatch.setattr(training.mlflow, "log_metrics", real_log)
+    run_train(setup)
+    client, run = only_run(tmp)
+    assert steps(client, run.info.run_id) == [1, 2, 3, 4]
+
+
+def test_a_changed_param_starts_a_new_run_instead_of_resuming(setup, monkeypatch):
+    params, split, normalized, tmp = setup
+    original = training.EpochLogger.on_epoch_end
+
+    def interrupt(self, epoch, logs=None):
+        original(self, epoch, logs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.EpochLogger, "on_epoch_end", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(setup)
+    monkeypatch.setattr(training.EpochLogger, "on_epoch_end", original)
+    changed = dataclasses.replace(params, train=dataclasses.replace(params.train, seed=params.train.seed + 1))
+    train("cifar10", changed, split, normalized, tmp / "models", tmp / "history.csv")
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("cifar").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]
+    finished = next(r for r in runs if r.info.status == "FINISHED")
+    assert steps(client, finished.info.run_id) == [1, 2, 3, 4]
+    assert list(CHECKPOINT_ROOT.glob("cifar10-*")) == []
