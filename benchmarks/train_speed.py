@@ -132,6 +132,14 @@ def main() -> None:
     steady_batches = [t for epoch in timer.batch_times[1:] for t in epoch[1:-1]] or timer.batch_times[-1]
     steady = batch / statistics.median(steady_batches)
     epoch_wall = n / statistics.median(walls[1:]) if len(walls) > 1 else n / walls[0]
+    # Time lost outside steady batches, epoch by epoch (so CPU clock drift across epochs
+    # does not count): 1 - (epoch img/s) / (that epoch's median-batch img/s).
+    gaps = [
+        1 - (n / wall) / (batch / statistics.median(times))
+        for wall, times in zip(walls, timer.batch_times, strict=True)
+        if times
+    ]
+    wall_gap = statistics.median(gaps[1:] or gaps)
     train_flops = 3.0 * forward_flops(model)
     peaks = peak_gflops()
     result = {
@@ -141,6 +149,7 @@ def main() -> None:
         "jit_compile": bool(model.jit_compile),
         "steady_img_s": steady,
         "epoch_wall_img_s": epoch_wall,
+        "wall_gap": wall_gap,
         "epoch_walls_s": walls,
         "first_epoch_overhead_s": walls[0] - statistics.median(walls[1:]) if len(walls) > 1 else None,
         "fit_return_s": end - start,
