@@ -1,12 +1,13 @@
 """`dvc repro` end to end in a throwaway copy of the project, both datasets, tiny params.
 
 One module-scoped project is reused in order: first repro, no-op repro, a train param
-edit, a CIFAR-100-only edit, a SIGKILL during training and its resume, then two
+edit, a CIFAR-100-only edit, a SIGKILL and a Ctrl-C during training and their resumes, then two
 queued experiments run in parallel. Each test states what a user would see.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -158,41 +159,47 @@ def test_a_cifar100_only_param_leaves_cifar10_alone(project):
     assert json.loads((path / "data/split/cifar100/classes.json").read_text())["label_mode"] == "coarse"
 
 
+def start_training_and_wait_for_epochs(path: Path, epochs_done: int) -> subprocess.Popen:
+    """`dvc repro train@cifar10` in its own process group, returned once a checkpoint has `epochs_done` epochs."""
+    proc = subprocess.Popen(
+        ["dvc", "repro", "train@cifar10"],
+        cwd=path,
+        env=environment(),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None and done < epochs_done:
+        for state in (path / "data/.checkpoints").glob("cifar10-*/state.json"):
+            with contextlib.suppress(OSError, ValueError):
+                done = json.loads(state.read_text())["epochs_done"]
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be interrupted"
+    return proc
+
+
+def new_cifar10_runs(path: Path, before: set[str]) -> list:
+    return [r for r in runs_by_dataset(path)["cifar10"] if r.info.run_id not in before]
+
+
 def test_training_killed_mid_way_resumes_the_same_run(project):
     """SIGKILL (no chance to clean up) during training; the next repro continues that MLflow run."""
     path, _ = project
     epochs = 30
     edit_params(path, lambda p: p["train"].update(epochs=epochs))
     before = {r.info.run_id for r in runs_by_dataset(path)["cifar10"]}
-    proc = subprocess.Popen(
-        ["dvc", "repro", "train@cifar10"],
-        cwd=path,
-        env=environment(),
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 300
-    done = 0
-    while time.monotonic() < deadline and proc.poll() is None:
-        states = list((path / "data/.checkpoints").glob("cifar10-*/state.json"))
-        if states:
-            try:
-                done = json.loads(states[0].read_text())["epochs_done"]
-            except (OSError, ValueError):
-                done = 0
-        if done >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "training finished before it could be killed"
+    proc = start_training_and_wait_for_epochs(path, 2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    interrupted = [r for r in runs_by_dataset(path)["cifar10"] if r.info.run_id not in before]
+    interrupted = new_cifar10_runs(path, before)
     assert len(interrupted) == 1 and interrupted[0].info.status == "RUNNING"  # SIGKILL leaves no chance to end it
 
     output = run(path, "dvc", "repro", "train@cifar10").stdout
     assert "resuming MLflow run" in output
-    after = [r for r in runs_by_dataset(path)["cifar10"] if r.info.run_id not in before]
+    after = new_cifar10_runs(path, before)
     assert [r.info.run_id for r in after] == [interrupted[0].info.run_id]
     assert after[0].info.status == "FINISHED"
     c = client(path)
@@ -200,6 +207,26 @@ def test_training_killed_mid_way_resumes_the_same_run(project):
         assert [m.step for m in c.get_metric_history(after[0].info.run_id, key)] == list(range(1, epochs + 1)), key
     assert len((path / "plots/training/cifar10.csv").read_text().splitlines()) == epochs + 1
     assert not list((path / "data/.checkpoints").glob("cifar10-*"))
+
+
+def test_ctrl_c_ends_the_run_killed_and_leaves_the_stage_rerunnable(project):
+    """Ctrl-C in a terminal sends SIGINT to the whole foreground group: dvc and the stage."""
+    path, _ = project
+    edit_params(path, lambda p: p["train"].update(epochs=25))
+    before = {r.info.run_id for r in runs_by_dataset(path)["cifar10"]}
+    proc = start_training_and_wait_for_epochs(path, 1)
+    os.killpg(proc.pid, signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "error: interrupted; this stage left no output" in output
+    killed = new_cifar10_runs(path, before)
+    assert len(killed) == 1 and killed[0].info.status == "KILLED"
+    assert not (path / "models/cifar10").exists()
+
+    run(path, "dvc", "repro", "train@cifar10")
+    finished = new_cifar10_runs(path, before)
+    assert [r.info.run_id for r in finished] == [killed[0].info.run_id] and finished[0].info.status == "FINISHED"
+    assert len(client(path).get_metric_history(finished[0].info.run_id, "loss")) == 25
 
 
 def test_two_queued_experiments_run_in_parallel_into_the_project_store(project):

@@ -91,9 +91,10 @@ def parse_records(raw: bytes | np.ndarray, spec: DatasetSpec, source: str) -> tu
         limit = spec.num_classes[field]
         if values.max() >= limit:
             bad = int(np.argmax(values >= limit))
+            kind = "" if len(spec.label_fields) == 1 else f"{field} "
             raise DataFormatError(
-                f"{source}: record {bad} has {field} label {int(values[bad])}, but "
-                f"{spec.name} has only {limit} {field} classes; the file is corrupt or "
+                f"{source}: record {bad} has {kind}label {int(values[bad])}, but "
+                f"{spec.name} has only {limit} {kind}classes; the file is corrupt or "
                 f"belongs to another dataset"
             )
         labels[field] = values.astype(np.int32)

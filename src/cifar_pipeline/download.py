@@ -1,6 +1,6 @@
 """Fetching an archive from an http(s) URL, a file:// URL or a local path, verified by MD5.
 
-Downloads stream into `<cache>/<md5>.part`, which survives an interrupted run; the next
+Downloads stream into `<cache>/<md5>.tar.gz.part`, which survives an interrupted run; the next
 run asks the server for the rest (HTTP Range) and falls back to a full download if the
 server ignores the range. Only a file whose MD5 matches the param is moved to its final
 name, so a corrupt or substituted archive never reaches the parser.
