@@ -59,8 +59,10 @@ def test_first_repro_runs_every_stage_and_writes_every_output(project):
     path, output = project
     ran = stages_run(output)
     assert sorted(ran) == sorted(
-        f"{stage}@{d}" for stage in ("download", "split", "normalize", "train", "evaluate") for d in DATASETS
+        ["check_params"]
+        + [f"{stage}@{d}" for stage in ("download", "split", "normalize", "train", "evaluate") for d in DATASETS]
     )
+    assert (path / "data/params-checked.txt").is_file()
     for d in DATASETS:
         for out in (f"data/raw/{d}", f"data/split/{d}", f"data/normalized/{d}", f"models/{d}"):
             assert (path / out).is_dir(), out

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from project import ROOT, edit_params, environment
+from project import ROOT, create, edit_params, environment, run, stages_run
 
 
 def stage(cwd: Path, name: str, *args: str) -> subprocess.CompletedProcess:
@@ -86,3 +86,23 @@ def test_unwritable_output_folder(workdir, archives):
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "error: cannot write" in errors[0] and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("datasets", "message"),
+    [
+        ([], "'datasets' must be a non-empty list"),
+        (["cifar10", "cifar1000"], "unknown dataset 'cifar1000' (did you mean 'cifar100'?)"),
+    ],
+)
+def test_dataset_list_problems_stop_dvc_repro_before_any_stage(tmp_path, datasets, message):
+    """Without the check_params stage DVC would run nothing and succeed ([]), or stop on
+    missing `data.cifar1000.*` keys without naming the allowed datasets."""
+    path = create(tmp_path / "project", {})
+    edit_params(path, lambda p: p.update(datasets=datasets))
+    result = run(path, "dvc", "repro", check=False)
+    assert result.returncode != 0, result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stdout + result.stderr
+    assert stages_run(result.stdout) == ["check_params"]
+    assert not (path / "data").exists()

@@ -18,6 +18,7 @@ import yaml
 
 from cifar_pipeline.datasets import SPECS
 from cifar_pipeline.errors import PipelineError
+from cifar_pipeline.outputs import atomic_file
 
 DEFAULT_PATH = Path("params.yaml")
 LR_SCHEDULES = ("step", "constant")
@@ -104,6 +105,23 @@ def load_params(path: Path | str = DEFAULT_PATH) -> Params:
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
         raise ParamsError(f"{path} is not valid YAML{at}: {getattr(err, 'problem', err)}; fix the syntax") from None
     return parse_params(raw)
+
+
+CHECKED_MARKER = (
+    "params.yaml passed validation. This file's content never changes: it only orders the\n"
+    "check_params stage before every per-dataset stage (see dvc.yaml).\n"
+)
+
+
+def mark_checked(marker: Path) -> None:
+    """Write the check_params stage's output; `load_params` has already validated everything.
+
+    DVC has no order-only dependencies, so the check stage needs an output that the first
+    per-dataset stage depends on. Its content is fixed so that rerunning the check (the
+    `datasets` list or this module changed) never makes a dataset's stages rerun.
+    """
+    with atomic_file(marker) as tmp:
+        tmp.write_text(CHECKED_MARKER, encoding="utf-8")
 
 
 def parse_params(raw: Any) -> Params:
