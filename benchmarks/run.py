@@ -1,6 +1,6 @@
 """Measure the pipeline's speed on this machine, side by side, and write results.{md,json}.
 
-    python benchmarks/run.py                 # full run, ~10 min on 2 CPU cores
+    python benchmarks/run.py                 # full run, ~15 min on 2 CPU cores
     python benchmarks/run.py --smoke --out /tmp/bench   # seconds; what the test suite runs
 
 Every number is a median of several repeats taken in this one run, so ratios compare
