@@ -1,4 +1,5 @@
 import hashlib
+import sys
 
 import pytest
 
@@ -87,3 +88,11 @@ def test_stalled_server_times_out_and_keeps_the_partial_for_resume(server, archi
 def test_unsupported_scheme():
     with pytest.raises(DownloadError, match="unsupported URL scheme 'ftp'"):
         local_path("ftp://example.org/a.tar.gz")
+
+
+def test_https_without_a_working_ssl_module_says_so(monkeypatch, tmp_path):
+    """urllib alone reports "unknown url type: https", which reads like a typo in the URL."""
+    monkeypatch.setitem(sys.modules, "ssl", None)  # `import ssl` now fails, as in a Python built without it
+    with pytest.raises(DownloadError, match="this Python cannot open https URLs"):
+        fetch("https://127.0.0.1:1/cifar-10-binary.tar.gz", "0" * 32, tmp_path)
+    assert list(tmp_path.iterdir()) == []

@@ -91,7 +91,25 @@ def _verify(path: Path, md5: str, url: str) -> None:
         )
 
 
+def _https_problem() -> str | None:
+    """Why this Python cannot open https URLs, or None.
+
+    Without a loadable `ssl` module urllib only says "unknown url type: https", which
+    reads like a typo in the URL rather than a broken Python.
+    """
+    try:
+        import ssl  # noqa: F401
+    except ImportError as err:
+        return str(err)
+    return None
+
+
 def _download(url: str, part: Path, timeout: float) -> None:
+    if urlparse(url).scheme == "https" and (problem := _https_problem()):
+        raise DownloadError(
+            f"cannot download {url}: this Python cannot open https URLs (its ssl module does not load: {problem}); "
+            f"use a Python built with ssl, an http:// mirror, or a local copy of the archive"
+        )
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": "cifar-pipeline"}
     if offset:
