@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))  # the project's own fixture builders
 
 from archives import build_archive  # noqa: E402
+from cifar_pipeline.hardware import cpu_flags, cpu_has_fast_bfloat16  # noqa: E402
 from project import create, edit_params, environment  # noqa: E402
 
 FULL = {"train_images": 2048, "epochs": 5, "batch_size": 128, "train_per_file": 10_000, "test": 10_000, "repeats": 3}
@@ -46,10 +47,9 @@ def machine() -> dict:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-        simd = [f for f in ("avx2", "fma", "avx512f") if f" {f}" in flags]
-    except (OSError, StopIteration):
-        simd = []
+    except OSError:
+        pass
+    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags()]
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     versions = subprocess.run(
         [
@@ -104,10 +104,12 @@ def train_speed(size: dict) -> list[dict]:
         ("ours, oneDNN forced on", {"pipeline": "ours"}, {"TF_ENABLE_ONEDNN_OPTS": "1"}),
         ("ours, oneDNN forced off", {"pipeline": "ours"}, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
         ("ours, 1 inter-op thread", {"pipeline": "ours"}, {"TF_NUM_INTEROP_THREADS": "1"}),
-        # bfloat16 is emulated on CPUs without AVX512-BF16: minutes per epoch, so a short run
+        ("ours, mixed precision forced off (float32)", {"pipeline": "ours", "mixed_precision": False}, {}),
+        # bfloat16 is emulated on CPUs without AVX512-BF16: minutes per epoch, so a short run there
         (
             "ours, mixed precision forced on",
-            {"pipeline": "ours", "mixed_precision": True, "images": 384, "epochs": 2},
+            {"pipeline": "ours", "mixed_precision": True}
+            | ({} if cpu_has_fast_bfloat16() else {"images": 384, "epochs": 2}),
             {},
         ),
         ("ours, XLA jit_compile", {"pipeline": "ours", "jit_compile": True}, {}),
@@ -115,11 +117,15 @@ def train_speed(size: dict) -> list[dict]:
         ("ours, no augmentation", {"pipeline": "ours", "augment": False}, {}),
         (
             "seed-style ImageDataGenerator, oneDNN on",
-            {"pipeline": "imagedatagenerator"},
+            {"pipeline": "imagedatagenerator", "mixed_precision": False},
             {"TF_ENABLE_ONEDNN_OPTS": "1"},
         ),
-        # The baseline is the seed as it ran: legacy generator, TensorFlow's own defaults.
-        ("seed-style ImageDataGenerator", {"pipeline": "imagedatagenerator"}, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+        # The baseline is the seed as it ran: legacy generator, float32, TensorFlow's own defaults.
+        (
+            "seed-style ImageDataGenerator",
+            {"pipeline": "imagedatagenerator", "mixed_precision": False},
+            {"TF_ENABLE_ONEDNN_OPTS": "0"},
+        ),
     ]
     if size is SMOKE:  # the code paths, not the comparisons: first (ours) and last (baseline) only
         configs = [configs[0], configs[-1]]
@@ -218,15 +224,16 @@ def report(results: dict, out: Path) -> None:
         "closing an iterator counts); 'time outside steady batches' = 1 - epoch img/s / that epoch's "
         "steady img/s, the cost of stalls and epoch set-up.",
         "",
-        "| setup | steady img/s | epoch wall img/s | time outside steady batches | slowest later epoch s | "
-        "first-epoch overhead s | GFLOP/s | of peak |",
-        "|---|---|---|---|---|---|---|---|",
+        "| setup | compute dtype | steady img/s | epoch wall img/s | time outside steady batches | "
+        "slowest later epoch s | first-epoch overhead s | GFLOP/s | of peak |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["training"]:
         overhead = r["first_epoch_overhead_s"]
         slowest = max(r["epoch_walls_s"][1:] or r["epoch_walls_s"])
         lines.append(
-            f"| {r['name']} | {r['steady_img_s']:.0f} | {r['epoch_wall_img_s']:.0f} | {r['wall_gap']:+.1%} | "
+            f"| {r['name']} | {r['dtype_policy']} | {r['steady_img_s']:.0f} | {r['epoch_wall_img_s']:.0f} | "
+            f"{r['wall_gap']:+.1%} | "
             f"{slowest:.1f} (median {statistics.median(r['epoch_walls_s'][1:] or r['epoch_walls_s']):.1f}) | "
             f"{'-' if overhead is None else f'{overhead:.1f}'} | {r['achieved_gflops']:.1f} | "
             f"{r['fraction_of_peak']:.0%} |"

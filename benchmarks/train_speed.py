@@ -26,7 +26,7 @@ import tensorflow as tf
 
 # isort: on
 from cifar_pipeline.hardware import precision_policy
-from cifar_pipeline.input_pipeline import training_dataset
+from cifar_pipeline.input_pipeline import steps_per_epoch, training_dataset
 from cifar_pipeline.model import build_classifier
 from cifar_pipeline.params import load_params
 from cifar_pipeline.training import compile_classifier
@@ -122,7 +122,8 @@ def main() -> None:
 
     timer = Timer()
     start = time.perf_counter()
-    model.fit(data, epochs=config["epochs"], callbacks=[timer], verbose=0, shuffle=False)
+    steps = {"steps_per_epoch": steps_per_epoch(n, batch)} if config["pipeline"] == "ours" else {}
+    model.fit(data, epochs=config["epochs"], callbacks=[timer], verbose=0, shuffle=False, **steps)
     end = time.perf_counter()
 
     # An epoch's wall time runs to the next epoch's start (or fit's return), so a stall while

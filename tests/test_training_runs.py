@@ -89,7 +89,8 @@ def test_non_finite_loss_fails_the_run_with_the_reason_and_writes_nothing(setup,
     def diverging(model_params, num_classes):  # the classifier, with outputs that have blown up
         inner = real_build(model_params, num_classes)
         inputs = keras.Input(inner.input_shape[1:])
-        return keras.Model(inputs, keras.layers.Lambda(lambda p: p * float("nan"))(inner(inputs)))
+        blown_up = keras.layers.Lambda(lambda p: p * float("nan"), dtype="float32")  # float32, as the real head
+        return keras.Model(inputs, blown_up(inner(inputs)))
 
     monkeypatch.setattr(training, "build_classifier", diverging)
     with pytest.raises(TrainingDiverged, match="loss is nan"):
@@ -166,3 +167,25 @@ def test_a_changed_param_starts_a_new_run_instead_of_resuming(setup, monkeypatch
     finished = next(r for r in runs if r.info.status == "FINISHED")
     assert steps(client, finished.info.run_id) == [1, 2, 3, 4]
     assert list(CHECKPOINT_ROOT.glob("cifar10-*")) == []
+
+
+@pytest.fixture
+def float32_afterwards():
+    """train() sets Keras's global dtype policy; do not let a bfloat16 one leak into other tests."""
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize(("setting", "policy"), [(False, "float32"), (True, "mixed_bfloat16")])
+def test_both_cpu_precisions_train_and_export_a_float32_model(setup, float32_afterwards, setting, policy):
+    """`auto` picks either one depending on the CPU, so both paths must work on any machine."""
+    params, split, normalized, tmp = setup
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train, mixed_precision=setting))
+    run_id = train("cifar10", params, split, normalized, tmp / "models", tmp / "history.csv")
+    client, run = only_run(tmp)
+    assert run.info.status == "FINISHED" and run.data.params["resolved.dtype_policy"] == policy
+    assert steps(client, run_id) == [1, 2, 3, 4]
+    keras.mixed_precision.set_global_policy("float32")
+    model = keras.saving.load_model(tmp / "models" / training.MODEL_FILE)
+    probabilities = np.asarray(model.predict(np.zeros((3, 32, 32, 3), np.uint8), verbose=0))
+    assert probabilities.dtype == np.float32 and np.allclose(probabilities.sum(axis=1), 1, atol=1e-3)

@@ -15,7 +15,7 @@ from cifar_pipeline.checkpoint import Checkpoints, TrainingState, fingerprint
 from cifar_pipeline.errors import PipelineError
 from cifar_pipeline.figures import training_curves
 from cifar_pipeline.hardware import has_gpu, precision_policy
-from cifar_pipeline.input_pipeline import evaluation_dataset, training_dataset
+from cifar_pipeline.input_pipeline import evaluation_dataset, steps_per_epoch, training_dataset
 from cifar_pipeline.model import build_classifier, with_normalization
 from cifar_pipeline.normalize import ChannelStats
 from cifar_pipeline.outputs import atomic_dir, load_array, read_json, write_csv, write_json
@@ -141,6 +141,7 @@ def train(
         classifier.fit(
             training_dataset(train_images, train_labels, settings.batch_size, settings.augment, settings.seed),
             validation_data=evaluation_dataset(val_images, val_labels, settings.batch_size),
+            steps_per_epoch=steps_per_epoch(len(train_images), settings.batch_size),
             epochs=settings.epochs,
             initial_epoch=state.epochs_done,
             callbacks=[
