@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))  # the project's own fixture builders
 
 from archives import build_archive  # noqa: E402
-from cifar_pipeline.hardware import cpu_flags, cpu_has_fast_bfloat16  # noqa: E402
+from cifar_pipeline.hardware import cpu_flags, cpu_has_fast_bfloat16, cpuinfo_value  # noqa: E402
 from project import create, edit_params, environment  # noqa: E402
 
 FULL = {"train_images": 2048, "epochs": 5, "batch_size": 128, "train_per_file": 10_000, "test": 10_000, "repeats": 3}
@@ -41,14 +41,7 @@ TARGETS = {
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpuinfo_value(("model name",)) or platform.processor()
     simd = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags()]
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     versions = subprocess.run(

@@ -25,6 +25,14 @@ from project import ROOT
 EPOCHS = 4
 
 
+@pytest.fixture(autouse=True)
+def float32_afterwards():
+    """train() sets Keras's global dtype policy (bfloat16 under `auto` on some CPUs); keep it
+    from leaking into the tests that run after this module's."""
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
 @pytest.fixture
 def setup(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -169,15 +177,8 @@ def test_a_changed_param_starts_a_new_run_instead_of_resuming(setup, monkeypatch
     assert list(CHECKPOINT_ROOT.glob("cifar10-*")) == []
 
 
-@pytest.fixture
-def float32_afterwards():
-    """train() sets Keras's global dtype policy; do not let a bfloat16 one leak into other tests."""
-    yield
-    keras.mixed_precision.set_global_policy("float32")
-
-
 @pytest.mark.parametrize(("setting", "policy"), [(False, "float32"), (True, "mixed_bfloat16")])
-def test_both_cpu_precisions_train_and_export_a_float32_model(setup, float32_afterwards, setting, policy):
+def test_both_cpu_precisions_train_and_export_a_float32_model(setup, setting, policy):
     """`auto` picks either one depending on the CPU, so both paths must work on any machine."""
     params, split, normalized, tmp = setup
     params = dataclasses.replace(params, train=dataclasses.replace(params.train, mixed_precision=setting))
