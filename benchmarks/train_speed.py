@@ -29,7 +29,7 @@ from cifar_pipeline.hardware import precision_policy
 from cifar_pipeline.input_pipeline import steps_per_epoch, training_dataset
 from cifar_pipeline.model import build_classifier
 from cifar_pipeline.params import load_params
-from cifar_pipeline.training import compile_classifier
+from cifar_pipeline.recipe import compile_classifier
 
 # The model and augmentation of the project's params.yaml (the seed recipe by default).
 TRAIN = load_params(Path(__file__).resolve().parents[1] / "params.yaml").train
@@ -105,7 +105,7 @@ def main() -> None:
 
     keras.mixed_precision.set_global_policy(precision_policy(config.get("mixed_precision", "auto")))
     model = build_classifier(TRAIN.model, config.get("classes", 10))
-    compile_classifier(model, 0.005)
+    compile_classifier(model, TRAIN, steps_per_epoch(n, batch))
     if config.get("jit_compile"):
         model.jit_compile = True
     if config["pipeline"] == "ours":

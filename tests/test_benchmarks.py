@@ -36,3 +36,75 @@ def test_benchmark_smoke_run_writes_markdown_and_json(tmp_path):
     assert data["dvc"]["dvc repro"] > 0 and data["mlflow_log_s"] > 0
     report = (tmp_path / "results.md").read_text()
     assert "## Targets" in report and "seed-style ImageDataGenerator" in report
+
+
+def test_accuracy_benchmark_quick_run_compares_every_contender_over_seeds(tmp_path, archives):
+    archive, _md5 = archives["cifar10"]
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks/accuracy.py"),
+            "--quick",
+            "--archive",
+            str(archive),
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=environment(),
+        timeout=900,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert list(data["summary"]) == ["seed port (literal)", "pipeline defaults", "fast recipe"]
+    for name, summary in data["summary"].items():
+        assert summary["seeds"] == [1, 2], name
+        mean, std = summary["test_accuracy"]
+        assert 0.0 <= mean <= 1.0 and std >= 0.0
+        runs = data["runs"][name]
+        assert all(len(run["history"]["val_accuracy"]) == data["epochs"] for run in runs)
+    # The seed port trains in float32 with its own input path; the pipeline with its params.
+    assert data["summary"]["seed port (literal)"]["dtype_policy"] == "float32"
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    report = (tmp_path / "results.md").read_text()
+    assert "| seed port (literal) |" in report and "| fast recipe |" in report
+
+
+def test_screening_never_reads_the_test_set(tmp_path, archives):
+    archive, _md5 = archives["cifar10"]
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks/accuracy.py"),
+            "--quick",
+            "--archive",
+            str(archive),
+            "--out",
+            str(tmp_path),
+            "--seeds",
+            "1",
+            "--screen",
+            "train.label_smoothing=0.1",
+        ],
+        capture_output=True,
+        text=True,
+        env=environment(),
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (tmp_path / "screening.md").read_text()
+    assert "| `train.label_smoothing=0.1` |" in table
+    assert "test_accuracy" not in result.stdout and "test" not in table.lower()
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_readme_fast_recipe_is_the_one_the_benchmark_measures():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from accuracy import FAST_RECIPE
+
+    readme = (ROOT / "README.md").read_text()
+    line = "dvc exp run " + " ".join(f"-S {override}" for override in FAST_RECIPE)
+    assert FAST_RECIPE and line in readme

@@ -67,7 +67,20 @@ def _with(raw, path, value):
         ("data.cifar10.label_mode", "fine", r"unknown key 'data.cifar10.label_mode'"),
         ("data.cifar10.md5", "abc", r"data.cifar10.md5 must be 32 hexadecimal digits"),
         ("data.cifar10", KeyError, r"missing key 'data.cifar10'"),
-        ("train.lr_schedule.kind", "cosine", r"train.lr_schedule.kind must be one of \['step', 'constant'\]"),
+        (
+            "train.lr_schedule.kind",
+            "cosin",
+            r"train.lr_schedule.kind must be one of \['step', 'constant', 'cosine'\], got 'cosin' "
+            r"\(did you mean 'cosine'\?\)",
+        ),
+        ("train.lr_schedule.warmup_epochs", 2, r"warmup_epochs is 2, but only the cosine schedule warms up"),
+        ("train.lr_schedule.warmup_epochs", -1, r"warmup_epochs must be an integer >= 0"),
+        ("train.optimizer", "rmsprop", r"train.optimizer must be one of \['adam', 'adamw', 'sgd'\]"),
+        ("train.weight_decay", 0.0005, r"adam has no decoupled weight decay; set train.optimizer to adamw"),
+        ("train.weight_decay", -0.1, r"train.weight_decay must be at least 0 and below 1, got -0.1"),
+        ("train.momentum", 1.0, r"train.momentum must be at least 0 and below 1, got 1.0"),
+        ("train.label_smoothing", "0.1", r"train.label_smoothing must be a number, got '0.1'"),
+        ("train.label_smoothing", 1, r"train.label_smoothing must be at least 0 and below 1, got 1"),
         ("train.lr_schedule.boundaries", [100, 50], r"strictly increasing"),
         ("train.model.dropouts", [0.1], r"one rate per block \(4\)"),
         ("train.model.filters", [8] * 6, r"at most 5 fit"),
@@ -80,6 +93,28 @@ def _with(raw, path, value):
 def test_bad_values_name_the_key_and_what_is_allowed(raw, path, value, message):
     with pytest.raises(ParamsError, match=message):
         parse_params(_with(raw, path, value))
+
+
+def test_warmup_must_leave_epochs_to_decay(raw):
+    changed = _with(_with(raw, "train.lr_schedule.kind", "cosine"), "train.lr_schedule.warmup_epochs", 200)
+    with pytest.raises(ParamsError, match=r"warmup_epochs \(200\) must be less than train.epochs \(200\)"):
+        parse_params(changed)
+
+
+def test_recipe_knobs_parse(raw):
+    changed = raw
+    for path, value in [
+        ("train.optimizer", "sgd"),
+        ("train.weight_decay", 0.0005),
+        ("train.momentum", 0.8),
+        ("train.label_smoothing", 0.1),
+        ("train.lr_schedule.kind", "cosine"),
+        ("train.lr_schedule.warmup_epochs", 3),
+    ]:
+        changed = _with(changed, path, value)
+    train = parse_params(changed).train
+    assert (train.optimizer, train.weight_decay, train.momentum, train.label_smoothing) == ("sgd", 0.0005, 0.8, 0.1)
+    assert (train.lr_schedule.kind, train.lr_schedule.warmup_epochs) == ("cosine", 3)
 
 
 def test_a_dataset_section_may_stay_when_the_dataset_is_not_listed(raw):

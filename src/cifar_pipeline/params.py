@@ -21,7 +21,8 @@ from cifar_pipeline.errors import PipelineError
 from cifar_pipeline.outputs import atomic_file
 
 DEFAULT_PATH = Path("params.yaml")
-LR_SCHEDULES = ("step", "constant")
+LR_SCHEDULES = ("step", "constant", "cosine")
+OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
 class ParamsError(PipelineError, ValueError):
@@ -56,6 +57,7 @@ class ScheduleParams:
     kind: str
     boundaries: tuple[int, ...]
     factor: float
+    warmup_epochs: int
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,11 @@ class TrainParams:
     seed: int
     epochs: int
     batch_size: int
+    optimizer: str
     learning_rate: float
+    weight_decay: float
+    momentum: float
+    label_smoothing: float
     jit_compile: str | bool
     mixed_precision: str | bool
     lr_schedule: ScheduleParams
@@ -203,7 +209,11 @@ def _train(value: Any) -> TrainParams:
             "seed",
             "epochs",
             "batch_size",
+            "optimizer",
             "learning_rate",
+            "weight_decay",
+            "momentum",
+            "label_smoothing",
             "jit_compile",
             "mixed_precision",
             "lr_schedule",
@@ -214,21 +224,39 @@ def _train(value: Any) -> TrainParams:
     rate = _number(section["learning_rate"], "train.learning_rate")
     if rate <= 0:
         raise ParamsError(f"params.yaml: train.learning_rate must be > 0, got {rate}")
+    optimizer = _choice(section["optimizer"], "train.optimizer", OPTIMIZERS)
+    decay = _fraction(section["weight_decay"], "train.weight_decay")
+    if decay and optimizer == "adam":
+        raise ParamsError(
+            f"params.yaml: train.weight_decay is {decay}, but adam has no decoupled weight decay; "
+            f"set train.optimizer to adamw (or sgd), or train.weight_decay to 0"
+        )
+    epochs = _integer(section["epochs"], "train.epochs", minimum=1)
+    schedule = _schedule(section["lr_schedule"])
+    if schedule.warmup_epochs >= epochs:
+        raise ParamsError(
+            f"params.yaml: train.lr_schedule.warmup_epochs ({schedule.warmup_epochs}) must be less than "
+            f"train.epochs ({epochs})"
+        )
     return TrainParams(
         seed=_integer(section["seed"], "train.seed", minimum=0),
-        epochs=_integer(section["epochs"], "train.epochs", minimum=1),
+        epochs=epochs,
         batch_size=_integer(section["batch_size"], "train.batch_size", minimum=1),
+        optimizer=optimizer,
         learning_rate=rate,
+        weight_decay=decay,
+        momentum=_fraction(section["momentum"], "train.momentum"),
+        label_smoothing=_fraction(section["label_smoothing"], "train.label_smoothing"),
         jit_compile=_auto_or_bool(section["jit_compile"], "train.jit_compile"),
         mixed_precision=_auto_or_bool(section["mixed_precision"], "train.mixed_precision"),
-        lr_schedule=_schedule(section["lr_schedule"]),
+        lr_schedule=schedule,
         augment=_augment(section["augment"]),
         model=_model(section["model"]),
     )
 
 
 def _schedule(value: Any) -> ScheduleParams:
-    section = _mapping(value, "train.lr_schedule", {"kind", "boundaries", "factor"})
+    section = _mapping(value, "train.lr_schedule", {"kind", "boundaries", "factor", "warmup_epochs"})
     kind = _choice(section["kind"], "train.lr_schedule.kind", LR_SCHEDULES)
     boundaries = tuple(
         _integer_list(section["boundaries"], "train.lr_schedule.boundaries", minimum=1, allow_empty=True)
@@ -240,7 +268,13 @@ def _schedule(value: Any) -> ScheduleParams:
     factor = _number(section["factor"], "train.lr_schedule.factor")
     if not 0.0 < factor <= 1.0:
         raise ParamsError(f"params.yaml: train.lr_schedule.factor must be in (0, 1], got {factor}")
-    return ScheduleParams(kind=kind, boundaries=boundaries, factor=factor)
+    warmup = _integer(section["warmup_epochs"], "train.lr_schedule.warmup_epochs", minimum=0)
+    if warmup and kind != "cosine":
+        raise ParamsError(
+            f"params.yaml: train.lr_schedule.warmup_epochs is {warmup}, but only the cosine schedule warms up; "
+            f"set train.lr_schedule.kind to cosine, or warmup_epochs to 0"
+        )
+    return ScheduleParams(kind=kind, boundaries=boundaries, factor=factor, warmup_epochs=warmup)
 
 
 def _augment(value: Any) -> AugmentParams:
@@ -339,6 +373,14 @@ def _number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ParamsError(f"params.yaml: {where} must be a number, got {value!r}")
     return float(value)
+
+
+def _fraction(value: Any, where: str) -> float:
+    """A number in [0, 1): weight decay, momentum, label smoothing."""
+    number = _number(value, where)
+    if not 0.0 <= number < 1.0:
+        raise ParamsError(f"params.yaml: {where} must be at least 0 and below 1, got {number}")
+    return number
 
 
 def _integer_list(value: Any, where: str, minimum: int, allow_empty: bool = False) -> list[int]:

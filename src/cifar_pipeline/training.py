@@ -19,8 +19,8 @@ from cifar_pipeline.input_pipeline import evaluation_dataset, steps_per_epoch, t
 from cifar_pipeline.model import build_classifier, with_normalization
 from cifar_pipeline.normalize import ChannelStats
 from cifar_pipeline.outputs import atomic_dir, load_array, read_json, write_csv, write_json
-from cifar_pipeline.params import Params, flatten
-from cifar_pipeline.schedule import scheduler_callback
+from cifar_pipeline.params import Params, TrainParams, flatten
+from cifar_pipeline.recipe import compile_classifier, last_step_rate
 
 HISTORY_KEYS = ("loss", "accuracy", "top5_accuracy", "val_loss", "val_accuracy", "val_top5_accuracy", "learning_rate")
 MODEL_FILE = "model.keras"
@@ -66,7 +66,7 @@ class EpochLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         seconds = time.perf_counter() - self._started
         metrics = {key: float(value) for key, value in (logs or {}).items()}
-        metrics["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        metrics["learning_rate"] = last_step_rate(self.model.optimizer)
         metrics["epoch_time_s"] = seconds
         metrics["images_per_second"] = self.images_per_epoch / seconds
         self.state.rows.append({"epoch": epoch + 1, **metrics})
@@ -75,19 +75,33 @@ class EpochLogger(keras.callbacks.Callback):
         mlflow.log_metrics(metrics, step=epoch + 1)
 
 
-def compile_classifier(model: keras.Model, learning_rate: float, jit_compile: str | bool = "auto") -> None:
-    """Named metric objects, so Keras logs and MLflow keys match for both datasets.
+def new_classifier(settings: TrainParams, num_classes: int, train_images: int) -> keras.Model:
+    """The params' network, compiled with the params' recipe: what `fit_classifier` trains."""
+    classifier = build_classifier(settings.model, num_classes=num_classes)
+    compile_classifier(classifier, settings, steps_per_epoch(train_images, settings.batch_size))
+    return classifier
 
-    Keras wraps the optimizer in loss scaling itself under a mixed_float16 policy.
-    """
-    model.compile(
-        jit_compile=jit_compile,
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(),
-        metrics=[
-            keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-            keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy"),
-        ],
+
+def fit_classifier(
+    classifier: keras.Model,
+    settings: TrainParams,
+    train: tuple[np.ndarray, np.ndarray],
+    validation: tuple[np.ndarray, np.ndarray],
+    initial_epoch: int = 0,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+) -> keras.callbacks.History:
+    """The one training loop: the train stage and the accuracy benchmark both call it,
+    so the benchmark measures exactly what `dvc repro` trains."""
+    images, labels = train
+    return classifier.fit(
+        training_dataset(images, labels, settings.batch_size, settings.augment, settings.seed),
+        validation_data=evaluation_dataset(*validation, settings.batch_size),
+        steps_per_epoch=steps_per_epoch(len(images), settings.batch_size),
+        epochs=settings.epochs,
+        initial_epoch=initial_epoch,
+        callbacks=[StopOnNonFinite(), *(callbacks or [])],
+        shuffle=False,  # the dataset shuffles (seeded) itself
+        verbose=2,
     )
 
 
@@ -110,8 +124,7 @@ def train(
     saved = checkpoints.load()
     classifier = checkpoints.load_model(saved) if saved else None
     if classifier is None:
-        classifier = build_classifier(settings.model, num_classes=len(classes))
-        compile_classifier(classifier, settings.learning_rate, settings.jit_compile)
+        classifier = new_classifier(settings, len(classes), len(train_images))
     logged_params = {
         "dataset": dataset,
         **flatten(params.data[dataset], f"data.{dataset}."),
@@ -138,19 +151,13 @@ def train(
             if saved:  # the store lost the old run: log what the checkpoint remembers
                 state.rows, state.epochs_done, state.model_file = saved.rows, saved.epochs_done, saved.model_file
                 tracking.log_missing_epochs(run_id, state.rows)
-        classifier.fit(
-            training_dataset(train_images, train_labels, settings.batch_size, settings.augment, settings.seed),
-            validation_data=evaluation_dataset(val_images, val_labels, settings.batch_size),
-            steps_per_epoch=steps_per_epoch(len(train_images), settings.batch_size),
-            epochs=settings.epochs,
+        fit_classifier(
+            classifier,
+            settings,
+            (train_images, train_labels),
+            (val_images, val_labels),
             initial_epoch=state.epochs_done,
-            callbacks=[
-                scheduler_callback(settings.learning_rate, settings.lr_schedule),
-                StopOnNonFinite(),
-                EpochLogger(len(train_images), checkpoints, state),
-            ],
-            shuffle=False,  # the dataset shuffles (seeded) itself
-            verbose=2,
+            callbacks=[EpochLogger(len(train_images), checkpoints, state)],
         )
         model = with_normalization(classifier, stats)
         mlflow.log_figure(training_curves(state.rows, f"{dataset}: training curves"), "plots/training_curves.png")

@@ -1,0 +1,107 @@
+"""The training recipe from params: optimizer, learning-rate schedule and loss, all Keras's own.
+
+The seed's schedule never fired: it was written as `def f(self, epoch)` and handed to
+`LearningRateScheduler`, which called it as `f(epoch, lr)`, so "self" got the epoch and
+"epoch" got the current rate, and every comparison against it was false. Here every
+schedule is a Keras `LearningRateSchedule` evaluated at the optimizer's step counter:
+nothing to call with the wrong arguments, per-step for warm-up and cosine, and saved with
+the optimizer, so a resumed run continues the schedule where it stopped.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from cifar_pipeline.params import ScheduleParams, TrainParams
+
+
+def learning_rate_schedule(
+    peak: float, params: ScheduleParams, steps_per_epoch: int, epochs: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The rate for each optimizer step; epochs in params become steps here.
+
+    `constant`: `peak` throughout (the seed's actual run). `step`: multiply by `factor`
+    from the first step of each boundary epoch (0-based). `cosine`: cosine decay from
+    `peak` to 0 over the run; with `warmup_epochs`, a linear rise from 0 to `peak` first,
+    which is the one-cycle shape (Keras's CosineDecay with `warmup_target`).
+    """
+    if params.kind == "constant" or (params.kind == "step" and not params.boundaries):
+        return peak
+    if params.kind == "step":
+        # PiecewiseConstantDecay switches *after* a boundary step; the optimizer evaluates
+        # the rate at its step count before the update, so step b*n is epoch b's first.
+        return keras.optimizers.schedules.PiecewiseConstantDecay(
+            boundaries=[b * steps_per_epoch - 1 for b in params.boundaries],
+            values=[peak * params.factor**i for i in range(len(params.boundaries) + 1)],
+        )
+    warmup = params.warmup_epochs * steps_per_epoch
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else peak,
+        decay_steps=max(epochs * steps_per_epoch - warmup, 1),
+        alpha=0.0,
+        warmup_target=peak if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
+def build_optimizer(settings: TrainParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """Adam (the seed's), AdamW or SGD with Nesterov momentum; weight decay is decoupled."""
+    rate = learning_rate_schedule(settings.learning_rate, settings.lr_schedule, steps_per_epoch, settings.epochs)
+    if settings.optimizer == "adam":
+        return keras.optimizers.Adam(rate)
+    if settings.optimizer == "adamw":
+        return keras.optimizers.AdamW(rate, weight_decay=settings.weight_decay)
+    return keras.optimizers.SGD(
+        rate, momentum=settings.momentum, nesterov=True, weight_decay=settings.weight_decay or None
+    )
+
+
+@keras.saving.register_keras_serializable(package="cifar_pipeline")
+class SparseCrossentropy(keras.losses.Loss):
+    """Cross-entropy on integer labels with optional label smoothing.
+
+    Keras's SparseCategoricalCrossentropy has no `label_smoothing`; this one-hots inside
+    the loss so the input pipeline, the metrics and the saved model keep integer labels.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "sparse_crossentropy", **kwargs) -> None:
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        classes = keras.ops.shape(y_pred)[-1]
+        labels = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32")
+        target = keras.ops.one_hot(labels, classes, dtype=y_pred.dtype)
+        return keras.losses.categorical_crossentropy(target, y_pred, label_smoothing=self.label_smoothing)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+def compile_classifier(model: keras.Model, settings: TrainParams, steps_per_epoch: int) -> None:
+    """Named metric objects, so Keras logs and MLflow keys match for both datasets.
+
+    Keras wraps the optimizer in loss scaling itself under a mixed_float16 policy.
+    """
+    model.compile(
+        jit_compile=settings.jit_compile,
+        optimizer=build_optimizer(settings, steps_per_epoch),
+        loss=SparseCrossentropy(settings.label_smoothing),
+        metrics=[
+            keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+            keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy"),
+        ],
+    )
+
+
+def last_step_rate(optimizer: keras.optimizers.Optimizer) -> float:
+    """The rate the optimizer used for its latest step (what an epoch ended on).
+
+    `optimizer.learning_rate` evaluates a schedule at the *next* step, which at an epoch
+    boundary is already the following epoch's rate.
+    """
+    schedule = optimizer._learning_rate  # Keras keeps the schedule object here; the property evaluates it
+    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        step = max(int(keras.ops.convert_to_numpy(optimizer.iterations)) - 1, 0)
+        return float(keras.ops.convert_to_numpy(schedule(step)))
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))

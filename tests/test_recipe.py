@@ -1,0 +1,131 @@
+"""The training recipe built from params: the rates it produces, the optimizer, the loss."""
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+
+from cifar_pipeline.params import ScheduleParams, load_params
+from cifar_pipeline.recipe import (
+    SparseCrossentropy,
+    build_optimizer,
+    compile_classifier,
+    last_step_rate,
+    learning_rate_schedule,
+)
+from test_params import PROJECT_PARAMS
+
+STEP = ScheduleParams(kind="step", boundaries=(50, 100, 150), factor=0.5, warmup_epochs=0)
+SPE = 10  # steps per epoch
+
+
+def rate_at(schedule, step: int) -> float:
+    return schedule if isinstance(schedule, float) else float(keras.ops.convert_to_numpy(schedule(step)))
+
+
+@pytest.mark.parametrize(
+    ("epoch", "rate"),
+    [(0, 0.005), (49, 0.005), (50, 0.0025), (99, 0.0025), (100, 0.00125), (150, 0.000625), (199, 0.000625)],
+)
+def test_step_schedule_changes_at_the_first_step_of_each_boundary_epoch(epoch, rate):
+    schedule = learning_rate_schedule(0.005, STEP, SPE, 200)
+    assert rate_at(schedule, epoch * SPE) == pytest.approx(rate)  # the epoch's first step
+    assert rate_at(schedule, epoch * SPE + SPE - 1) == pytest.approx(rate)  # and its last
+
+
+def test_constant_schedule_is_the_seeds_actual_run():
+    constant = dataclasses.replace(STEP, kind="constant")
+    assert learning_rate_schedule(0.005, constant, SPE, 200) == 0.005
+
+
+def test_cosine_decays_from_the_peak_to_zero():
+    cosine = dataclasses.replace(STEP, kind="cosine")
+    schedule = learning_rate_schedule(0.01, cosine, SPE, 10)
+    assert rate_at(schedule, 0) == pytest.approx(0.01)
+    assert rate_at(schedule, 50) == pytest.approx(0.005)
+    assert rate_at(schedule, 100) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_cosine_with_warmup_rises_linearly_then_decays():
+    one_cycle = dataclasses.replace(STEP, kind="cosine", warmup_epochs=2)
+    schedule = learning_rate_schedule(0.01, one_cycle, SPE, 10)
+    assert rate_at(schedule, 0) == pytest.approx(0.0)
+    assert rate_at(schedule, 10) == pytest.approx(0.005)
+    assert rate_at(schedule, 20) == pytest.approx(0.01)
+    assert rate_at(schedule, 60) == pytest.approx(0.005)  # half-way through the 80 decay steps
+    assert rate_at(schedule, 100) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_the_schedule_really_drives_the_optimizer_inside_fit():
+    """The seed's bug was a schedule Keras never applied: record the rate of every batch."""
+    settings = load_params(PROJECT_PARAMS).train
+    settings = dataclasses.replace(
+        settings, epochs=3, lr_schedule=dataclasses.replace(STEP, boundaries=(1, 2), factor=0.1)
+    )
+    settings = dataclasses.replace(settings, learning_rate=0.1, jit_compile=False)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, activation="softmax")])
+    compile_classifier(model, settings, steps_per_epoch=2)
+    seen, ended = [], []
+    probe = keras.callbacks.LambdaCallback(
+        on_train_batch_begin=lambda batch, logs: seen.append(
+            float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+        ),
+        on_epoch_end=lambda epoch, logs: ended.append(last_step_rate(model.optimizer)),
+    )
+    x = np.zeros((4, 2), np.float32)
+    model.fit(x, np.zeros(4, np.int32), batch_size=2, epochs=3, verbose=0, callbacks=[probe])
+    assert seen == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    assert ended == pytest.approx([0.1, 0.01, 0.001])
+
+
+@pytest.mark.parametrize(
+    ("name", "decay", "kind"),
+    [
+        ("adam", 0.0, keras.optimizers.Adam),
+        ("adamw", 0.01, keras.optimizers.AdamW),
+        ("sgd", 5e-4, keras.optimizers.SGD),
+    ],
+)
+def test_optimizers(name, decay, kind):
+    settings = dataclasses.replace(load_params(PROJECT_PARAMS).train, optimizer=name, weight_decay=decay)
+    optimizer = build_optimizer(settings, steps_per_epoch=SPE)
+    assert type(optimizer) is kind
+    assert (optimizer.weight_decay or 0.0) == pytest.approx(decay)
+    if name == "sgd":
+        assert optimizer.nesterov and optimizer.momentum == pytest.approx(settings.momentum)
+
+
+def test_label_smoothing_matches_keras_categorical_crossentropy():
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], np.float32)
+    labels = np.array([0, 1])
+    one_hot = np.eye(3, dtype=np.float32)[labels]
+    for smoothing in (0.0, 0.1):
+        ours = SparseCrossentropy(smoothing)(labels, probabilities)
+        keras_own = keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)(one_hot, probabilities)
+        assert float(ours) == pytest.approx(float(keras_own), rel=1e-6)
+    plain = keras.losses.SparseCategoricalCrossentropy()(labels, probabilities)
+    assert float(SparseCrossentropy(0.0)(labels, probabilities)) == pytest.approx(float(plain), rel=1e-6)
+    assert float(SparseCrossentropy(0.1)(labels, probabilities)) > float(plain)
+
+
+def test_a_compiled_model_with_a_schedule_and_smoothing_saves_and_loads(tmp_path):
+    """Checkpoints save the optimizer: the schedule and loss must come back from disk."""
+    settings = load_params(PROJECT_PARAMS).train
+    settings = dataclasses.replace(
+        settings,
+        label_smoothing=0.1,
+        optimizer="sgd",
+        weight_decay=5e-4,
+        jit_compile=False,
+        lr_schedule=dataclasses.replace(STEP, kind="cosine", warmup_epochs=1),
+        epochs=4,
+    )
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, activation="softmax")])
+    compile_classifier(model, settings, steps_per_epoch=2)
+    model.fit(np.zeros((4, 2), np.float32), np.zeros(4, np.int32), batch_size=2, epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert loaded.loss.label_smoothing == pytest.approx(0.1)
+    assert int(loaded.optimizer.iterations) == 2
+    assert last_step_rate(loaded.optimizer) == pytest.approx(last_step_rate(model.optimizer))
