@@ -5,6 +5,7 @@ never in tests.
 """
 
 import json
+import shlex
 import subprocess
 import sys
 
@@ -106,5 +107,5 @@ def test_readme_fast_recipe_is_the_one_the_benchmark_measures():
     from accuracy import FAST_RECIPE
 
     readme = (ROOT / "README.md").read_text()
-    line = "dvc exp run " + " ".join(f"-S {override}" for override in FAST_RECIPE)
+    line = "dvc exp run " + " ".join(f"-S {shlex.quote(override)}" for override in FAST_RECIPE)
     assert FAST_RECIPE and line in readme

@@ -27,7 +27,9 @@ def test_project_params_are_valid_and_follow_the_seed_recipe():
     assert train.model.dropouts == (0.25, 0.35, 0.45, 0.35)
     assert train.model.dense_units == 1024
     assert (train.augment.flip, train.augment.shift) == (True, 4)
-    assert train.lr_schedule.kind == "step"
+    assert (train.optimizer, train.learning_rate, train.weight_decay, train.label_smoothing) == ("adam", 0.005, 0, 0)
+    # The seed's schedule never fired; the fix decays over whatever train.epochs is.
+    assert (train.lr_schedule.kind, train.lr_schedule.warmup_fraction) == ("cosine", 0.15)
 
 
 def _with(raw, path, value):
@@ -73,8 +75,13 @@ def _with(raw, path, value):
             r"train.lr_schedule.kind must be one of \['step', 'constant', 'cosine'\], got 'cosin' "
             r"\(did you mean 'cosine'\?\)",
         ),
-        ("train.lr_schedule.warmup_epochs", 2, r"warmup_epochs is 2, but only the cosine schedule warms up"),
-        ("train.lr_schedule.warmup_epochs", -1, r"warmup_epochs must be an integer >= 0"),
+        (
+            "train.lr_schedule.kind",
+            "constant",
+            r"train.lr_schedule.warmup_fraction is 0.15, but only the cosine schedule warms up; set "
+            r"train.lr_schedule.kind to cosine, or warmup_fraction to 0",
+        ),
+        ("train.lr_schedule.warmup_fraction", 1, r"warmup_fraction must be at least 0 and below 1, got 1"),
         ("train.optimizer", "rmsprop", r"train.optimizer must be one of \['adam', 'adamw', 'sgd'\]"),
         ("train.weight_decay", 0.0005, r"adam has no decoupled weight decay; set train.optimizer to adamw"),
         ("train.weight_decay", -0.1, r"train.weight_decay must be at least 0 and below 1, got -0.1"),
@@ -95,12 +102,6 @@ def test_bad_values_name_the_key_and_what_is_allowed(raw, path, value, message):
         parse_params(_with(raw, path, value))
 
 
-def test_warmup_must_leave_epochs_to_decay(raw):
-    changed = _with(_with(raw, "train.lr_schedule.kind", "cosine"), "train.lr_schedule.warmup_epochs", 200)
-    with pytest.raises(ParamsError, match=r"warmup_epochs \(200\) must be less than train.epochs \(200\)"):
-        parse_params(changed)
-
-
 def test_recipe_knobs_parse(raw):
     changed = raw
     for path, value in [
@@ -109,12 +110,12 @@ def test_recipe_knobs_parse(raw):
         ("train.momentum", 0.8),
         ("train.label_smoothing", 0.1),
         ("train.lr_schedule.kind", "cosine"),
-        ("train.lr_schedule.warmup_epochs", 3),
+        ("train.lr_schedule.warmup_fraction", 0.2),
     ]:
         changed = _with(changed, path, value)
     train = parse_params(changed).train
     assert (train.optimizer, train.weight_decay, train.momentum, train.label_smoothing) == ("sgd", 0.0005, 0.8, 0.1)
-    assert (train.lr_schedule.kind, train.lr_schedule.warmup_epochs) == ("cosine", 3)
+    assert (train.lr_schedule.kind, train.lr_schedule.warmup_fraction) == ("cosine", 0.2)
 
 
 def test_a_dataset_section_may_stay_when_the_dataset_is_not_listed(raw):
@@ -144,5 +145,5 @@ def test_top_level_must_be_a_mapping():
 def test_flatten_gives_dotted_keys_with_lists():
     flat = flatten(load_params(PROJECT_PARAMS).train, "train.")
     assert flat["train.model.filters"] == [32, 64, 128, 256]
-    assert flat["train.lr_schedule.kind"] == "step"
+    assert flat["train.lr_schedule.kind"] == "cosine"
     assert flat["train.epochs"] == 200

@@ -16,7 +16,7 @@ from cifar_pipeline.recipe import (
 )
 from test_params import PROJECT_PARAMS
 
-STEP = ScheduleParams(kind="step", boundaries=(50, 100, 150), factor=0.5, warmup_epochs=0)
+STEP = ScheduleParams(kind="step", boundaries=(50, 100, 150), factor=0.5, warmup_fraction=0.0)
 SPE = 10  # steps per epoch
 
 
@@ -48,7 +48,7 @@ def test_cosine_decays_from_the_peak_to_zero():
 
 
 def test_cosine_with_warmup_rises_linearly_then_decays():
-    one_cycle = dataclasses.replace(STEP, kind="cosine", warmup_epochs=2)
+    one_cycle = dataclasses.replace(STEP, kind="cosine", warmup_fraction=0.2)  # 20 of 100 steps
     schedule = learning_rate_schedule(0.01, one_cycle, SPE, 10)
     assert rate_at(schedule, 0) == pytest.approx(0.0)
     assert rate_at(schedule, 10) == pytest.approx(0.005)
@@ -118,7 +118,7 @@ def test_a_compiled_model_with_a_schedule_and_smoothing_saves_and_loads(tmp_path
         optimizer="sgd",
         weight_decay=5e-4,
         jit_compile=False,
-        lr_schedule=dataclasses.replace(STEP, kind="cosine", warmup_epochs=1),
+        lr_schedule=dataclasses.replace(STEP, kind="cosine", warmup_fraction=0.25),
         epochs=4,
     )
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, activation="softmax")])

@@ -57,7 +57,7 @@ class ScheduleParams:
     kind: str
     boundaries: tuple[int, ...]
     factor: float
-    warmup_epochs: int
+    warmup_fraction: float
 
 
 @dataclass(frozen=True)
@@ -231,16 +231,9 @@ def _train(value: Any) -> TrainParams:
             f"params.yaml: train.weight_decay is {decay}, but adam has no decoupled weight decay; "
             f"set train.optimizer to adamw (or sgd), or train.weight_decay to 0"
         )
-    epochs = _integer(section["epochs"], "train.epochs", minimum=1)
-    schedule = _schedule(section["lr_schedule"])
-    if schedule.warmup_epochs >= epochs:
-        raise ParamsError(
-            f"params.yaml: train.lr_schedule.warmup_epochs ({schedule.warmup_epochs}) must be less than "
-            f"train.epochs ({epochs})"
-        )
     return TrainParams(
         seed=_integer(section["seed"], "train.seed", minimum=0),
-        epochs=epochs,
+        epochs=_integer(section["epochs"], "train.epochs", minimum=1),
         batch_size=_integer(section["batch_size"], "train.batch_size", minimum=1),
         optimizer=optimizer,
         learning_rate=rate,
@@ -249,14 +242,14 @@ def _train(value: Any) -> TrainParams:
         label_smoothing=_fraction(section["label_smoothing"], "train.label_smoothing"),
         jit_compile=_auto_or_bool(section["jit_compile"], "train.jit_compile"),
         mixed_precision=_auto_or_bool(section["mixed_precision"], "train.mixed_precision"),
-        lr_schedule=schedule,
+        lr_schedule=_schedule(section["lr_schedule"]),
         augment=_augment(section["augment"]),
         model=_model(section["model"]),
     )
 
 
 def _schedule(value: Any) -> ScheduleParams:
-    section = _mapping(value, "train.lr_schedule", {"kind", "boundaries", "factor", "warmup_epochs"})
+    section = _mapping(value, "train.lr_schedule", {"kind", "boundaries", "factor", "warmup_fraction"})
     kind = _choice(section["kind"], "train.lr_schedule.kind", LR_SCHEDULES)
     boundaries = tuple(
         _integer_list(section["boundaries"], "train.lr_schedule.boundaries", minimum=1, allow_empty=True)
@@ -268,13 +261,13 @@ def _schedule(value: Any) -> ScheduleParams:
     factor = _number(section["factor"], "train.lr_schedule.factor")
     if not 0.0 < factor <= 1.0:
         raise ParamsError(f"params.yaml: train.lr_schedule.factor must be in (0, 1], got {factor}")
-    warmup = _integer(section["warmup_epochs"], "train.lr_schedule.warmup_epochs", minimum=0)
+    warmup = _fraction(section["warmup_fraction"], "train.lr_schedule.warmup_fraction")
     if warmup and kind != "cosine":
         raise ParamsError(
-            f"params.yaml: train.lr_schedule.warmup_epochs is {warmup}, but only the cosine schedule warms up; "
-            f"set train.lr_schedule.kind to cosine, or warmup_epochs to 0"
+            f"params.yaml: train.lr_schedule.warmup_fraction is {warmup}, but only the cosine schedule warms up; "
+            f"set train.lr_schedule.kind to cosine, or warmup_fraction to 0"
         )
-    return ScheduleParams(kind=kind, boundaries=boundaries, factor=factor, warmup_epochs=warmup)
+    return ScheduleParams(kind=kind, boundaries=boundaries, factor=factor, warmup_fraction=warmup)
 
 
 def _augment(value: Any) -> AugmentParams:
@@ -376,7 +369,7 @@ def _number(value: Any, where: str) -> float:
 
 
 def _fraction(value: Any, where: str) -> float:
-    """A number in [0, 1): weight decay, momentum, label smoothing."""
+    """A number in [0, 1): weight decay, momentum, label smoothing, warm-up share."""
     number = _number(value, where)
     if not 0.0 <= number < 1.0:
         raise ParamsError(f"params.yaml: {where} must be at least 0 and below 1, got {number}")

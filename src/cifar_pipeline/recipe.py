@@ -22,8 +22,10 @@ def learning_rate_schedule(
 
     `constant`: `peak` throughout (the seed's actual run). `step`: multiply by `factor`
     from the first step of each boundary epoch (0-based). `cosine`: cosine decay from
-    `peak` to 0 over the run; with `warmup_epochs`, a linear rise from 0 to `peak` first,
-    which is the one-cycle shape (Keras's CosineDecay with `warmup_target`).
+    `peak` to 0 over the run; with `warmup_fraction`, a linear rise from 0 to `peak` over
+    that share of the run's steps first: the one-cycle shape (Keras's CosineDecay with
+    `warmup_target`). Both scale with `epochs`, so a 15-epoch try anneals as fully as a
+    200-epoch run, where fixed `step` boundaries at epoch 50+ would never fire.
     """
     if params.kind == "constant" or (params.kind == "step" and not params.boundaries):
         return peak
@@ -34,10 +36,11 @@ def learning_rate_schedule(
             boundaries=[b * steps_per_epoch - 1 for b in params.boundaries],
             values=[peak * params.factor**i for i in range(len(params.boundaries) + 1)],
         )
-    warmup = params.warmup_epochs * steps_per_epoch
+    total = epochs * steps_per_epoch
+    warmup = round(params.warmup_fraction * total)
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0 if warmup else peak,
-        decay_steps=max(epochs * steps_per_epoch - warmup, 1),
+        decay_steps=max(total - warmup, 1),
         alpha=0.0,
         warmup_target=peak if warmup else None,
         warmup_steps=warmup,
