@@ -2,7 +2,9 @@
 
 Kept as the seed wrote it, bugs included, so "at least as good as the seed" is measured
 against the seed and not against a cleaned-up version of it:
-- normalisation loops over `range(0, 2)`: red and green are standardised, blue stays 0-255;
+- normalisation loops over `range(0, 2)`: red and green are standardised with the training
+  images' statistics, blue stays raw 0-255 floats (the seed's code is not in this repository;
+  this follows the project's design notes, read literally: nothing is divided by 255 first);
 - the learning-rate "schedule" takes `(self, epoch)`, so Keras passes the epoch as `self`
   and the current rate as `epoch`, no branch ever fires and the rate stays 0.005;
 - `ImageDataGenerator(width_shift_range=4, height_shift_range=4)`: an integer range, which

@@ -16,9 +16,10 @@ from project import ROOT, environment
 pytestmark = pytest.mark.e2e
 
 
-def test_benchmark_smoke_run_writes_markdown_and_json(tmp_path):
+def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
+    """A benchmark script at its smoke size: the code paths, not the numbers."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/run.py"), "--smoke", "--out", str(tmp_path)],
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
         capture_output=True,
         text=True,
         env=environment(),
@@ -26,6 +27,11 @@ def test_benchmark_smoke_run_writes_markdown_and_json(tmp_path):
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_benchmark_smoke_run_writes_markdown_and_json(tmp_path):
+    run_benchmark("run.py", "--smoke", "--out", str(tmp_path))
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["mode"] == "smoke"
     names = [r["name"] for r in data["training"]]
@@ -39,25 +45,12 @@ def test_benchmark_smoke_run_writes_markdown_and_json(tmp_path):
     assert "## Targets" in report and "seed-style ImageDataGenerator" in report
 
 
+def run_accuracy_benchmark(out, archive, *extra: str) -> subprocess.CompletedProcess:
+    return run_benchmark("accuracy.py", "--quick", "--archive", str(archive), "--out", str(out), *extra)
+
+
 def test_accuracy_benchmark_quick_run_compares_every_contender_over_seeds(tmp_path, archives):
-    archive, _md5 = archives["cifar10"]
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks/accuracy.py"),
-            "--quick",
-            "--archive",
-            str(archive),
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        env=environment(),
-        timeout=900,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_accuracy_benchmark(tmp_path, archives["cifar10"][0])
     data = json.loads((tmp_path / "results.json").read_text())
     assert list(data["summary"]) == ["seed port (literal)", "pipeline defaults", "fast recipe"]
     for name, summary in data["summary"].items():
@@ -71,31 +64,13 @@ def test_accuracy_benchmark_quick_run_compares_every_contender_over_seeds(tmp_pa
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     report = (tmp_path / "results.md").read_text()
     assert "| seed port (literal) |" in report and "| fast recipe |" in report
+    assert "| fast recipe | pipeline defaults |" in report  # the one-difference table
 
 
 def test_screening_never_reads_the_test_set(tmp_path, archives):
-    archive, _md5 = archives["cifar10"]
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks/accuracy.py"),
-            "--quick",
-            "--archive",
-            str(archive),
-            "--out",
-            str(tmp_path),
-            "--seeds",
-            "1",
-            "--screen",
-            "train.label_smoothing=0.1",
-        ],
-        capture_output=True,
-        text=True,
-        env=environment(),
-        timeout=600,
-        check=False,
+    result = run_accuracy_benchmark(
+        tmp_path, archives["cifar10"][0], "--seeds", "1", "--screen", "train.label_smoothing=0.1"
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     table = (tmp_path / "screening.md").read_text()
     assert "| `train.label_smoothing=0.1` |" in table
     assert "test_accuracy" not in result.stdout and "test" not in table.lower()

@@ -17,8 +17,10 @@ from mlflow.tracking import MlflowClient
 
 from cifar_pipeline import training
 from cifar_pipeline.checkpoint import CHECKPOINT_ROOT
+from cifar_pipeline.input_pipeline import steps_per_epoch
 from cifar_pipeline.outputs import save_arrays, write_json
 from cifar_pipeline.params import ModelParams, load_params
+from cifar_pipeline.recipe import learning_rate_schedule
 from cifar_pipeline.training import TrainingDiverged, train
 from project import ROOT
 
@@ -133,6 +135,19 @@ def test_ctrl_c_marks_the_run_killed_and_the_next_run_continues_it(setup, monkey
     assert run.info.status == "FINISHED" and run.data.tags["resumed_after_epoch"] == "2"
     for key in ("loss", "val_accuracy", "learning_rate", "epoch_time_s"):
         assert steps(client, run.info.run_id, key) == [1, 2, 3, 4], key
+    # The schedule lives in the optimizer's saved step count: the resumed epochs continue the
+    # warm-up + cosine where it stopped instead of warming up again.
+    params = setup[0]
+    per_epoch = steps_per_epoch(64, params.train.batch_size)
+    schedule = learning_rate_schedule(params.train.learning_rate, params.train.lr_schedule, per_epoch, EPOCHS)
+    expected = [float(keras.ops.convert_to_numpy(schedule(e * per_epoch - 1))) for e in range(1, EPOCHS + 1)]
+    logged = [m.value for m in client.get_metric_history(run.info.run_id, "learning_rate")]
+    assert logged == pytest.approx(expected, rel=1e-5)
+    # Every recipe knob is on the run, under dataset-neutral keys.
+    assert run.data.params["train.optimizer"] == "adam"
+    assert run.data.params["train.lr_schedule.kind"] == "cosine"
+    assert run.data.params["train.lr_schedule.warmup_fraction"] == "0.15"
+    assert run.data.params["train.label_smoothing"] == "0.0" and run.data.params["train.weight_decay"] == "0.0"
     assert len((tmp / "history.csv").read_text().splitlines()) == 1 + EPOCHS
     assert not any(CHECKPOINT_ROOT.glob("*/state.json"))
 
