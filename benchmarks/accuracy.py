@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -95,7 +96,7 @@ def machine() -> dict:
     return {
         "cpu": cpuinfo_value(("model name",)) or platform.processor(),
         "simd": simd,
-        "cores": __import__("os").cpu_count(),
+        "cores": os.cpu_count(),
         "python": platform.python_version(),
     }
 
