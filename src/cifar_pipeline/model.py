@@ -38,7 +38,15 @@ def build_classifier(params: ModelParams, num_classes: int) -> keras.Model:
 
 
 def with_normalization(classifier: keras.Model, stats: ChannelStats) -> keras.Model:
-    """Raw pixels (uint8 or float 0-255) in; the classifier's weights are shared, not copied."""
+    """Raw pixels (uint8 or float 0-255) in, around an uncompiled copy of the classifier.
+
+    The copy drops the training compile state (optimizer, the project's own loss class), so
+    the saved and MLflow-logged model loads with plain Keras or `mlflow.pyfunc`, without
+    this package installed.
+    """
+    trained = classifier
+    classifier = keras.Model.from_config(trained.get_config())  # clone_model keeps the compile state
+    classifier.set_weights(trained.get_weights())
     inputs = keras.Input(IMAGE_SHAPE, name="image")
     normalize = layers.Normalization(
         axis=-1, mean=list(stats.mean), variance=list(np.square(stats.std)), name="normalize", dtype="float32"
