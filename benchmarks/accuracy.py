@@ -118,7 +118,7 @@ def prepare(archive: Path, out: Path, max_train: int | None, max_test: int | Non
         test_labels=raw.test_labels["label"][test_idx],
     )
     write_json(out / "classes.json", {"label_mode": "label", "names": raw.class_names["label"]})
-    normalize_dataset(out, out / "normalized")
+    normalize_dataset(out, out / "stats.json")
     return {"train": len(train_idx), "val": len(val_idx), "test": len(raw.test_labels["label"][test_idx])}
 
 

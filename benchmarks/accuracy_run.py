@@ -26,7 +26,7 @@ import yaml
 # isort: on
 from cifar_pipeline.evaluation import evaluate_probabilities
 from cifar_pipeline.hardware import precision_policy
-from cifar_pipeline.model import with_normalization
+from cifar_pipeline.model import exportable
 from cifar_pipeline.normalize import ChannelStats
 from cifar_pipeline.outputs import load_array, read_json
 from cifar_pipeline.params import parse_params
@@ -69,21 +69,22 @@ def run_pipeline(config: dict, split: Path, clock: EpochClock) -> tuple[dict, np
     keras.utils.set_random_seed(settings.seed)
     policy = precision_policy(settings.mixed_precision)
     keras.mixed_precision.set_global_policy(policy)
-    normalized = split / "normalized"
     classes = read_json(split / "classes.json")["names"]
-    train_images = load_array(normalized, "train_images")
-    classifier = new_classifier(settings, len(classes), len(train_images))
+    stats = ChannelStats.read(split / "stats.json")
+    train_images = load_array(split, "train_images")
+    classifier = new_classifier(settings, len(classes), stats, len(train_images))
     history = fit_classifier(
         classifier,
         settings,
         (train_images, load_array(split, "train_labels")),
-        (load_array(normalized, "val_images"), load_array(split, "val_labels")),
+        (load_array(split, "val_images"), load_array(split, "val_labels")),
+        stats,
         callbacks=[clock],
     )
     # Scored as the evaluate stage does: the saved model's graph on raw uint8 test images.
     if config.get("validation_only"):
         return history.history, None, policy
-    model = with_normalization(classifier, ChannelStats.from_json(read_json(normalized / "stats.json")))
+    model = exportable(classifier)
     probabilities = model.predict(load_array(split, "test_images", mmap=False), batch_size=500, verbose=0)
     return history.history, probabilities, policy
 

@@ -113,7 +113,10 @@ def train_seed_port(
         from cifar_pipeline.input_pipeline import steps_per_epoch, training_dataset
         from cifar_pipeline.params import AugmentParams
 
-        train_data = training_dataset(x_train, y_train_1h, batch_size, AugmentParams(flip=True, shift=4), seed)
+        # normalised images: zero fill is the mean colour, as in the seed
+        train_data = training_dataset(
+            x_train, y_train_1h, batch_size, AugmentParams(flip=True, shift=4), seed, fill=(0.0, 0.0, 0.0)
+        )
         train_data = train_data.map(lambda x, y: (x, tf.cast(y, "float32")))  # it yields int32 labels
         steps = {"steps_per_epoch": steps_per_epoch(len(x_train), batch_size)}
     history = model.fit(

@@ -28,6 +28,7 @@ import tensorflow as tf
 from cifar_pipeline.hardware import precision_policy
 from cifar_pipeline.input_pipeline import steps_per_epoch, training_dataset
 from cifar_pipeline.model import build_classifier
+from cifar_pipeline.normalize import ChannelStats
 from cifar_pipeline.params import load_params
 from cifar_pipeline.recipe import compile_classifier
 
@@ -100,11 +101,12 @@ def main() -> None:
     tf.keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     n, batch = config["images"], config["batch_size"]
-    images = rng.standard_normal((n, 32, 32, 3), dtype=np.float32)
+    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)  # raw pixels, as the train stage feeds
+    stats = ChannelStats(mean=(125.0, 123.0, 114.0), std=(63.0, 62.0, 66.0))
     labels = rng.integers(0, config.get("classes", 10), n).astype(np.int32)
 
     keras.mixed_precision.set_global_policy(precision_policy(config.get("mixed_precision", "auto")))
-    model = build_classifier(TRAIN.model, config.get("classes", 10))
+    model = build_classifier(TRAIN.model, config.get("classes", 10), stats)
     compile_classifier(model, TRAIN, steps_per_epoch(n, batch))
     if config.get("jit_compile"):
         model.jit_compile = True
@@ -112,13 +114,13 @@ def main() -> None:
         augment = (
             TRAIN.augment if config.get("augment", True) else dataclasses.replace(TRAIN.augment, flip=False, shift=0)
         )
-        data = training_dataset(images, labels, batch, augment, seed=0)
+        data = training_dataset(images, labels, batch, augment, seed=0, fill=stats.mean)
         if config.get("autotune"):
             options = tf.data.Options()
             options.autotune.enabled = True
             data = data.with_options(options)
     else:
-        data = seed_style_dataset(images, labels, batch)
+        data = seed_style_dataset(images.astype(np.float32), labels, batch)
 
     timer = Timer()
     start = time.perf_counter()

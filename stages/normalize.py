@@ -1,4 +1,4 @@
-"""DVC stage: per-channel standardisation with training-split statistics."""
+"""DVC stage: per-channel mean and std of the training split (the model normalises with them)."""
 
 from pathlib import Path
 
@@ -8,8 +8,8 @@ from cifar_pipeline.normalize import normalize_dataset
 
 def arguments(parser):
     parser.add_argument("split_dir", type=Path)
-    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("stats_json", type=Path)
 
 
 if __name__ == "__main__":
-    run_stage(__doc__, arguments, lambda args, params: normalize_dataset(args.split_dir, args.out_dir))
+    run_stage(__doc__, arguments, lambda args, params: normalize_dataset(args.split_dir, args.stats_json))

@@ -9,7 +9,7 @@ from cifar_pipeline.training import train
 def arguments(parser):
     parser.add_argument("dataset")
     parser.add_argument("split_dir", type=Path)
-    parser.add_argument("normalized_dir", type=Path)
+    parser.add_argument("stats_json", type=Path)
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("history_csv", type=Path)
 
@@ -19,6 +19,6 @@ if __name__ == "__main__":
         __doc__,
         arguments,
         lambda args, params: train(
-            args.dataset, params, args.split_dir, args.normalized_dir, args.model_dir, args.history_csv
+            args.dataset, params, args.split_dir, args.stats_json, args.model_dir, args.history_csv
         ),
     )

@@ -39,11 +39,14 @@ def run(cwd: Path, *command: str, check: bool = True, timeout: float = 600) -> s
     return result
 
 
-def create(dest: Path, data: dict[str, dict]) -> Path:
-    """Copy the project, point each dataset at `data[name]` ({url, md5}), shrink training."""
+def create(dest: Path, data: dict[str, dict], code: Path = ROOT, train: dict | None = None) -> Path:
+    """Copy the project at `code`, point each dataset at `data[name]` ({url, md5}), shrink training.
+
+    `train` replaces the tiny training settings (benchmarks train the real model).
+    """
     dest.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
-        source = ROOT / name
+        source = code / name
         if source.is_dir():
             shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
@@ -52,7 +55,7 @@ def create(dest: Path, data: dict[str, dict]) -> Path:
     def shrink(params: dict) -> None:
         for name, values in data.items():
             params["data"][name].update(values)
-        params["train"].update(TINY_TRAIN)
+        params["train"].update(TINY_TRAIN if train is None else train)
 
     edit_params(dest, shrink)
     run(dest, "git", "init", "-q")

@@ -66,7 +66,7 @@ def _with(raw, path, value):
             "medium",
             r"data.cifar100.label_mode must be one of \['coarse', 'fine'\], got 'medium'",
         ),
-        ("data.cifar10.label_mode", "fine", r"unknown key 'data.cifar10.label_mode'"),
+        ("data.cifar10.label_mode", "fine", r"data.cifar10.label_mode must be one of \['label'\], got 'fine'"),
         ("data.cifar10.md5", "abc", r"data.cifar10.md5 must be 32 hexadecimal digits"),
         ("data.cifar10", KeyError, r"missing key 'data.cifar10'"),
         (

@@ -64,7 +64,7 @@ def test_first_repro_runs_every_stage_and_writes_every_output(project):
     )
     assert (path / "data/params-checked.txt").is_file()
     for d in DATASETS:
-        for out in (f"data/raw/{d}", f"data/split/{d}", f"data/normalized/{d}", f"models/{d}"):
+        for out in (f"data/raw/{d}", f"data/split/{d}", f"models/{d}"):
             assert (path / out).is_dir(), out
         for out in (
             f"metrics/{d}.json",
@@ -73,13 +73,16 @@ def test_first_repro_runs_every_stage_and_writes_every_output(project):
             f"plots/per_class/{d}.csv",
             f"models/{d}/model.keras",
             f"models/{d}/mlflow_run.json",
-            f"data/normalized/{d}/stats.json",
+            f"data/stats/{d}.json",
             f"data/split/{d}/train_indices.npy",
             f"data/split/{d}/val_indices.npy",
         ):
             assert (path / out).is_file(), out
-    assert np.load(path / "data/normalized/cifar10/train_images.npy", mmap_mode="r").dtype == np.float32
-    assert np.load(path / "data/split/cifar100/train_images.npy", mmap_mode="r").dtype == np.uint8
+    # The model normalises its own input: the only image arrays are the uint8 ones, once.
+    assert not (path / "data/normalized").exists()
+    assert sorted(json.loads((path / "data/stats/cifar10.json").read_text())) == ["mean", "std"]
+    for array in (path / "data/split").rglob("*_images.npy"):
+        assert np.load(array, mmap_mode="r").dtype == np.uint8
     assert len(list((path / "data").rglob("*.tmp"))) == 0
 
 
@@ -103,6 +106,28 @@ def test_one_finished_run_per_dataset_with_every_epoch_and_test_metric(project):
         )
         artifacts = {a.path for a in c.list_artifacts(r.info.run_id, "plots")}
         assert artifacts == {"plots/training_curves.png", "plots/confusion_matrix.png"}
+
+
+def test_runs_of_both_datasets_share_every_param_key_and_name_their_data(project):
+    """mlflow ui's Compare view lines up params by key; the Dataset column shows the inputs."""
+    path, _ = project
+    c = client(path)
+    experiment = c.get_experiment_by_name("cifar")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "CIFAR-10 and CIFAR-100" in experiment.tags["mlflow.note.content"]
+    first = {d: found[0] for d, found in runs_by_dataset(path).items()}
+    keys = {d: set(r.data.params) for d, r in first.items()}
+    assert keys["cifar10"] == keys["cifar100"]
+    assert {"dataset", "data.url", "data.md5", "data.label_mode"} <= keys["cifar10"]
+    assert not any(key.startswith(("data.cifar10", "data.cifar100")) for key in keys["cifar10"])
+    assert first["cifar100"].data.params["data.label_mode"] == "fine"
+    for d, r in first.items():
+        full = c.get_run(r.info.run_id)
+        inputs = {i.dataset.name: i for i in full.inputs.dataset_inputs}
+        assert sorted(inputs) == [f"{d}-test", f"{d}-train", f"{d}-val"]
+        assert {i.tags[0].value for i in inputs.values()} == {"training", "validation", "test"}
+        assert all(json.loads(i.dataset.source) for i in inputs.values())
+        assert len({i.dataset.digest for i in inputs.values()}) == 3
 
 
 def test_logged_model_predicts_on_raw_uint8_with_pyfunc(project):
@@ -159,6 +184,20 @@ def test_a_cifar100_only_param_leaves_cifar10_alone(project):
     latest = runs_by_dataset(path)["cifar100"][-1]
     assert latest.data.params["num_classes"] == "20"
     assert json.loads((path / "data/split/cifar100/classes.json").read_text())["label_mode"] == "coarse"
+
+
+def test_a_new_url_for_the_same_archive_reruns_only_its_download(project, archives):
+    path, _ = project
+    edit_params(path, lambda p: p["data"]["cifar10"].update(url=archives["cifar10"][0].as_uri()))
+    assert stages_run(run(path, "dvc", "repro").stdout) == ["download@cifar10"]
+
+
+def test_a_split_param_reruns_split_onwards_for_every_dataset(project):
+    path, _ = project
+    edit_params(path, lambda p: p["split"].update(seed=43))
+    ran = stages_run(run(path, "dvc", "repro").stdout)
+    expected = [f"{stage}@{d}" for stage in ("split", "normalize", "train", "evaluate") for d in DATASETS]
+    assert sorted(ran) == sorted(expected)
 
 
 def start_training_and_wait_for_epochs(path: Path, epochs_done: int) -> subprocess.Popen:

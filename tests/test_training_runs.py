@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from cifar_pipeline import training
 from cifar_pipeline.checkpoint import CHECKPOINT_ROOT
 from cifar_pipeline.input_pipeline import steps_per_epoch
+from cifar_pipeline.layout import MODEL_FILE
 from cifar_pipeline.outputs import save_arrays, write_json
 from cifar_pipeline.params import ModelParams, load_params
 from cifar_pipeline.recipe import learning_rate_schedule
@@ -40,37 +41,32 @@ def setup(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     rng = np.random.default_rng(0)
-    split, normalized = tmp_path / "split", tmp_path / "normalized"
+    split, stats = tmp_path / "split", tmp_path / "stats.json"
     split.mkdir()
-    normalized.mkdir()
     labels = np.arange(80, dtype=np.int32) % 10
     images = rng.integers(0, 256, (80, 32, 32, 3), dtype=np.uint8)
     save_arrays(
         split,
+        train_images=images[:64],
         train_labels=labels[:64],
-        val_labels=labels[64:],
         val_images=images[64:],
+        val_labels=labels[64:],
         train_indices=np.arange(64),
         val_indices=np.arange(64, 80),
     )
-    save_arrays(
-        normalized,
-        train_images=rng.standard_normal((64, 32, 32, 3), dtype=np.float32),
-        val_images=rng.standard_normal((16, 32, 32, 3), dtype=np.float32),
-    )
     write_json(split / "classes.json", {"label_mode": "label", "names": [str(i) for i in range(10)]})
-    write_json(normalized / "stats.json", {"mean": [120.0] * 3, "std": [60.0] * 3})
+    write_json(stats, {"mean": [120.0] * 3, "std": [60.0] * 3})
     params = load_params(ROOT / "params.yaml")
     tiny = ModelParams(filters=(4,), dropouts=(0.1,), dense_units=8, activation="relu")
     params = dataclasses.replace(
         params, train=dataclasses.replace(params.train, epochs=EPOCHS, batch_size=16, model=tiny)
     )
-    return params, split, normalized, tmp_path
+    return params, split, stats, tmp_path
 
 
 def run_train(setup):
-    params, split, normalized, tmp = setup
-    return train("cifar10", params, split, normalized, tmp / "models", tmp / "history.csv")
+    params, split, stats, tmp = setup
+    return train("cifar10", params, split, stats, tmp / "models", tmp / "history.csv")
 
 
 def only_run(tmp):
@@ -96,8 +92,8 @@ def test_non_finite_loss_fails_the_run_with_the_reason_and_writes_nothing(setup,
     tmp = setup[3]
     real_build = training.build_classifier
 
-    def diverging(model_params, num_classes):  # the classifier, with outputs that have blown up
-        inner = real_build(model_params, num_classes)
+    def diverging(model_params, num_classes, stats):  # the classifier, with outputs that have blown up
+        inner = real_build(model_params, num_classes, stats)
         inputs = keras.Input(inner.input_shape[1:])
         blown_up = keras.layers.Lambda(lambda p: p * float("nan"), dtype="float32")  # float32, as the real head
         return keras.Model(inputs, blown_up(inner(inputs)))
@@ -171,7 +167,7 @@ def test_a_kill_between_checkpoint_and_log_is_filled_in_on_resume(setup, monkeyp
 
 
 def test_a_changed_param_starts_a_new_run_instead_of_resuming(setup, monkeypatch):
-    params, split, normalized, tmp = setup
+    params, split, stats, tmp = setup
     original = training.EpochLogger.on_epoch_end
 
     def interrupt(self, epoch, logs=None):
@@ -183,7 +179,7 @@ def test_a_changed_param_starts_a_new_run_instead_of_resuming(setup, monkeypatch
         run_train(setup)
     monkeypatch.setattr(training.EpochLogger, "on_epoch_end", original)
     changed = dataclasses.replace(params, train=dataclasses.replace(params.train, seed=params.train.seed + 1))
-    train("cifar10", changed, split, normalized, tmp / "models", tmp / "history.csv")
+    train("cifar10", changed, split, stats, tmp / "models", tmp / "history.csv")
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("cifar").experiment_id])
     assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]
@@ -195,13 +191,13 @@ def test_a_changed_param_starts_a_new_run_instead_of_resuming(setup, monkeypatch
 @pytest.mark.parametrize(("setting", "policy"), [(False, "float32"), (True, "mixed_bfloat16")])
 def test_both_cpu_precisions_train_and_export_a_float32_model(setup, setting, policy):
     """`auto` picks either one depending on the CPU, so both paths must work on any machine."""
-    params, split, normalized, tmp = setup
+    params, split, stats, tmp = setup
     params = dataclasses.replace(params, train=dataclasses.replace(params.train, mixed_precision=setting))
-    run_id = train("cifar10", params, split, normalized, tmp / "models", tmp / "history.csv")
+    run_id = train("cifar10", params, split, stats, tmp / "models", tmp / "history.csv")
     client, run = only_run(tmp)
     assert run.info.status == "FINISHED" and run.data.params["resolved.dtype_policy"] == policy
     assert steps(client, run_id) == [1, 2, 3, 4]
     keras.mixed_precision.set_global_policy("float32")
-    model = keras.saving.load_model(tmp / "models" / training.MODEL_FILE)
+    model = keras.saving.load_model(tmp / "models" / MODEL_FILE)
     probabilities = np.asarray(model.predict(np.zeros((3, 32, 32, 3), np.uint8), verbose=0))
     assert probabilities.dtype == np.float32 and np.allclose(probabilities.sum(axis=1), 1, atol=1e-3)

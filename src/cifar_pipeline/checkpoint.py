@@ -36,12 +36,13 @@ class TrainingState:
     model_file: str | None = None
 
 
-def fingerprint(dataset: str, params: Params, split_dir: Path, normalized_dir: Path) -> str:
+def fingerprint(dataset: str, params: Params, split_dir: Path, stats_json: Path) -> str:
     """What makes two training runs the same run: params and the exact inputs."""
     digest = hashlib.sha256()
     config = {
         "dataset": dataset,
-        "data": flatten(params.data[dataset]),
+        # not the url: the same archive fetched from elsewhere trains the same model
+        "data": {key: value for key, value in flatten(params.data[dataset]).items() if key != "url"},
         "split": flatten(params.split),
         "train": flatten(params.train),
     }
@@ -50,7 +51,7 @@ def fingerprint(dataset: str, params: Params, split_dir: Path, normalized_dir: P
         split_dir / "classes.json",
         split_dir / "train_indices.npy",
         split_dir / "val_indices.npy",
-        normalized_dir / "stats.json",
+        stats_json,
     ):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

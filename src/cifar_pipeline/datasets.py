@@ -41,10 +41,6 @@ class DatasetSpec:
     def record_size(self) -> int:
         return len(self.label_fields) + PIXELS_PER_IMAGE
 
-    @property
-    def default_label_mode(self) -> str:
-        return self.label_fields[-1]
-
 
 CIFAR10 = DatasetSpec(
     name="cifar10",

@@ -11,8 +11,8 @@ import numpy as np
 
 from cifar_pipeline import tracking
 from cifar_pipeline.figures import confusion_matrix
+from cifar_pipeline.layout import MODEL_FILE, RUN_FILE
 from cifar_pipeline.outputs import atomic_file, load_array, read_json, write_csv, write_json
-from cifar_pipeline.training import MODEL_FILE, RUN_FILE
 
 EPSILON = 1e-7  # Keras clips probabilities the same way before taking the log
 
@@ -70,6 +70,16 @@ def evaluate_model(
 
     run_id = read_json(model_dir / RUN_FILE)["run_id"]
     with tracking.reopen_run(run_id):
+        trained = mlflow.get_run(run_id).data.params  # the archive the model was trained from
+        if "data.md5" in trained:  # runs logged before dataset-neutral keys have no record of it
+            tracking.log_images_input(
+                dataset,
+                "test",
+                trained["data.url"],
+                trained["data.md5"],
+                trained["data.label_mode"],
+                load_array(split_dir, "test_indices"),
+            )
         mlflow.log_metrics(result.metrics())
         mlflow.log_dict(per_class, "metrics/per_class_accuracy.json")
         mlflow.log_figure(

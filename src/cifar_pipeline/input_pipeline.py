@@ -1,19 +1,21 @@
-"""tf.data pipelines: shuffled index batches gathered from in-memory arrays, augmented per batch.
+"""tf.data pipelines: shuffled index batches gathered from in-memory uint8 arrays, augmented per batch.
 
-Shuffling indices instead of images keeps one copy of the data in memory; augmentation
-runs once per batch (Keras preprocessing layers are batch-aware), not once per image
-as the seed's ImageDataGenerator did.
+Shuffling indices instead of images keeps one copy of the data in memory, as uint8 (a
+quarter of float32); batches become float only after gathering. Augmentation runs once
+per batch (Keras preprocessing layers are batch-aware), not once per image as the seed's
+ImageDataGenerator did. The model normalises its own input, so the pipeline feeds raw
+0-255 pixels.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from cifar_pipeline.params import AugmentParams
-
-SHIFT_FILL = 0.0  # zero in normalised units is the mean colour, as in the seed
 
 
 def _options() -> tf.data.Options:
@@ -25,24 +27,38 @@ def _options() -> tf.data.Options:
     return options
 
 
-def augmenter(params: AugmentParams, seed: int) -> keras.Sequential | None:
-    """Random horizontal flip and random shift up to `shift` px with constant zero fill."""
-    steps: list[keras.layers.Layer] = []
-    if params.flip:
-        steps.append(keras.layers.RandomFlip("horizontal", seed=seed))
+def augmenter(params: AugmentParams, seed: int, fill: Sequence[float]) -> Callable[[tf.Tensor], tf.Tensor]:
+    """Random horizontal flip, then a random shift up to `shift` px whose uncovered border is `fill`.
+
+    `fill` is the training split's mean colour: the seed shifted normalised images with
+    zero fill, which is that colour. RandomTranslation fills with one constant for every
+    channel, so the shift runs on centred pixels (fill 0) and the mean is added back.
+    """
+    # float32 whatever the global precision policy: pixel values need more than bfloat16's 8 bits.
+    flip = keras.layers.RandomFlip("horizontal", seed=seed, dtype="float32") if params.flip else None
+    shift = None
     if params.shift:
         fraction = params.shift / 32
-        steps.append(
-            keras.layers.RandomTranslation(
-                fraction,
-                fraction,
-                fill_mode="constant",
-                fill_value=SHIFT_FILL,
-                interpolation="nearest",
-                seed=seed + 1,
-            )
+        shift = keras.layers.RandomTranslation(
+            fraction,
+            fraction,
+            fill_mode="constant",
+            fill_value=0.0,
+            interpolation="nearest",
+            seed=seed + 1,
+            dtype="float32",
         )
-    return keras.Sequential(steps, name="augment") if steps else None
+    mean = tf.constant(fill, tf.float32)
+
+    def augment(images: tf.Tensor) -> tf.Tensor:
+        x = tf.cast(images, tf.float32)
+        if flip is not None:
+            x = flip(x, training=True)
+        if shift is not None:
+            x = shift(x - mean, training=True) + mean
+        return x
+
+    return augment
 
 
 def steps_per_epoch(count: int, batch_size: int) -> int:
@@ -51,9 +67,14 @@ def steps_per_epoch(count: int, batch_size: int) -> int:
 
 
 def training_dataset(
-    images: np.ndarray, labels: np.ndarray, batch_size: int, augment: AugmentParams, seed: int
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    augment: AugmentParams,
+    seed: int,
+    fill: Sequence[float],
 ) -> tf.data.Dataset:
-    """An endless stream of epochs; pass `steps_per_epoch(len(images), batch_size)` to `fit`.
+    """An endless stream of float32 0-255 batches; pass `steps_per_epoch(len(images), batch_size)` to `fit`.
 
     Each epoch is one reshuffled pass, batched before repeating so no batch straddles two
     epochs. Repeating keeps one iterator for the whole fit instead of tearing the pipeline
@@ -63,13 +84,10 @@ def training_dataset(
     data = tf.constant(np.asarray(images))
     targets = tf.constant(np.asarray(labels, dtype=np.int32))
     count = int(data.shape[0])
-    layer = augmenter(augment, seed)
+    transform = augmenter(augment, seed, fill)
 
     def gather(indices):
-        x = tf.gather(data, indices)
-        if layer is not None:
-            x = layer(x, training=True)
-        return x, tf.gather(targets, indices)
+        return transform(tf.gather(data, indices)), tf.gather(targets, indices)
 
     dataset = (
         tf.data.Dataset.range(count)

@@ -1,8 +1,9 @@
-"""The seed's VGG-style network, built from params, and the wrapper users get.
+"""The seed's VGG-style network behind a `Normalization` layer: one graph, trained and served.
 
-Training runs on normalised float32 images (the normalize stage's output); the model
-that is saved and logged wraps the same classifier behind a `Normalization` layer
-holding the training split's statistics, so it takes raw 0-255 pixels: what a user has.
+The first layer holds the training split's channel statistics (the normalize stage's
+output), so the model takes raw 0-255 pixels, uint8 or float: the training data, the
+evaluate stage's test images and a user's images all go through the same graph, and no
+normalised copy of the data is ever stored.
 """
 
 from __future__ import annotations
@@ -25,31 +26,30 @@ def conv_block(x, filters: int, dropout: float, activation: str, index: int):
     return layers.Dropout(dropout, name=f"block{index}_dropout")(x)
 
 
-def build_classifier(params: ModelParams, num_classes: int) -> keras.Model:
-    """Normalised image in, class probabilities out (2,235,946 weights for the seed on CIFAR-10)."""
-    inputs = keras.Input(IMAGE_SHAPE, name="normalized_image")
-    x = inputs
+def build_classifier(params: ModelParams, num_classes: int, stats: ChannelStats) -> keras.Model:
+    """Raw pixels in, class probabilities out (2,235,946 trainable weights for the seed on CIFAR-10).
+
+    Normalisation runs in float32 whatever the precision policy: bfloat16 has 8 bits of
+    mantissa, too few for pixel values before they are centred.
+    """
+    inputs = keras.Input(IMAGE_SHAPE, name="image")
+    x = layers.Normalization(
+        axis=-1, mean=list(stats.mean), variance=list(np.square(stats.std)), name="normalize", dtype="float32"
+    )(inputs)
     for index, (filters, dropout) in enumerate(zip(params.filters, params.dropouts, strict=True), start=1):
         x = conv_block(x, filters, dropout, params.activation, index)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(params.dense_units, activation=params.activation, name="dense")(x)
     outputs = layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")(x)
-    return keras.Model(inputs, outputs, name="classifier")
+    return keras.Model(inputs, outputs, name="cifar_model")
 
 
-def with_normalization(classifier: keras.Model, stats: ChannelStats) -> keras.Model:
-    """Raw pixels (uint8 or float 0-255) in, around an uncompiled copy of the classifier.
+def exportable(classifier: keras.Model) -> keras.Model:
+    """The trained model without its training compile state (optimizer, the project's loss class).
 
-    The copy drops the training compile state (optimizer, the project's own loss class), so
-    the saved and MLflow-logged model loads with plain Keras or `mlflow.pyfunc`, without
-    this package installed.
+    Same layers and weights, so the same predictions; it loads with plain Keras or
+    `mlflow.pyfunc` without this package installed.
     """
-    trained = classifier
-    classifier = keras.Model.from_config(trained.get_config())  # clone_model keeps the compile state
-    classifier.set_weights(trained.get_weights())
-    inputs = keras.Input(IMAGE_SHAPE, name="image")
-    normalize = layers.Normalization(
-        axis=-1, mean=list(stats.mean), variance=list(np.square(stats.std)), name="normalize", dtype="float32"
-    )
-    x = normalize(inputs)
-    return keras.Model(inputs, classifier(x), name="cifar_model")
+    model = keras.Model.from_config(classifier.get_config())  # clone_model would keep the compile state
+    model.set_weights(classifier.get_weights())
+    return model

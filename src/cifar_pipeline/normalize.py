@@ -1,8 +1,9 @@
-"""Per-channel standardisation, with statistics from the training split only.
+"""Per-channel standardisation statistics, from the training split only.
 
 The seed script normalised with `range(0, 2)`, touching red and green but never blue;
-here all three channels are computed and applied by the same vectorised code. Stats
-use float64 accumulators over chunks, so full CIFAR needs no float64 copy in memory.
+here all three channels are computed by the same vectorised code and applied by the
+model's first layer. Stats use float64 accumulators over chunks, so full CIFAR needs no
+float64 copy in memory.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cifar_pipeline.outputs import atomic_dir, load_array, write_json
+from cifar_pipeline.outputs import atomic_file, load_array, read_json, write_json
 
 CHUNK = 4096
 
@@ -31,6 +32,10 @@ class ChannelStats:
     def from_json(cls, value: dict[str, list[float]]) -> ChannelStats:
         return cls(mean=tuple(value["mean"]), std=tuple(value["std"]))
 
+    @classmethod
+    def read(cls, path: Path) -> ChannelStats:
+        return cls.from_json(read_json(path))
+
 
 def channel_stats(images: np.ndarray) -> ChannelStats:
     """Mean and (population) std of each channel over every pixel of every image."""
@@ -48,23 +53,15 @@ def channel_stats(images: np.ndarray) -> ChannelStats:
     return ChannelStats(mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))
 
 
-def write_normalized(images: np.ndarray, stats: ChannelStats, path: Path) -> None:
-    """(images - mean) / std as float32, written chunk by chunk into an .npy file."""
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=images.shape)
-    mean = np.asarray(stats.mean, dtype=np.float32)
-    scale = 1.0 / np.asarray(stats.std, dtype=np.float32)
-    for start in range(0, len(images), CHUNK):
-        chunk = np.asarray(images[start : start + CHUNK], dtype=np.float32)
-        out[start : start + CHUNK] = (chunk - mean) * scale
-    out.flush()
-    del out
+def normalize_dataset(split_dir: Path, stats_json: Path) -> ChannelStats:
+    """Write the training split's channel statistics, the model's `Normalization` layer's weights.
 
-
-def normalize_dataset(split_dir: Path, out_dir: Path) -> None:
-    """Stats from the training split only; all three channels; float32 arrays for every split."""
+    Only the statistics: the model normalises its own uint8 input (training, evaluation and
+    serving run one graph), so no float32 copy of the images is stored, cached by DVC, or
+    loaded into memory.
+    """
     stats = channel_stats(load_array(split_dir, "train_images"))
-    with atomic_dir(out_dir) as tmp:
-        for part in ("train", "val", "test"):
-            write_normalized(load_array(split_dir, f"{part}_images"), stats, tmp / f"{part}_images.npy")
-        write_json(tmp / "stats.json", stats.to_json())
+    with atomic_file(stats_json) as tmp:
+        write_json(tmp, stats.to_json())
     print(f"channel mean {np.round(stats.mean, 2).tolist()}, std {np.round(stats.std, 2).tolist()}")
+    return stats

@@ -175,16 +175,14 @@ def _dataset_list(value: Any) -> tuple[str, ...]:
 def _data(value: Any, name: str) -> DataParams:
     spec = SPECS[name]
     where = f"data.{name}"
-    has_modes = len(spec.label_fields) > 1
-    keys = {"url", "md5"} | ({"label_mode"} if has_modes else set())
-    section = _mapping(value, where, keys)
+    # Every dataset has label_mode (CIFAR-10's only one is "label"), so the split stage can
+    # depend on `data.<d>.label_mode` alone: a new url for the same archive does not rerun it.
+    section = _mapping(value, where, {"url", "md5", "label_mode"})
     url = _string(section["url"], f"{where}.url")
     md5 = _string(section["md5"], f"{where}.md5").lower()
     if not re.fullmatch(r"[0-9a-f]{32}", md5):
         raise ParamsError(f"params.yaml: {where}.md5 must be 32 hexadecimal digits, got {section['md5']!r}")
-    label_mode = spec.default_label_mode
-    if has_modes:
-        label_mode = _choice(section["label_mode"], f"{where}.label_mode", spec.label_fields)
+    label_mode = _choice(section["label_mode"], f"{where}.label_mode", spec.label_fields)
     return DataParams(url=url, md5=md5, label_mode=label_mode)
 
 

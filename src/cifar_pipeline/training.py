@@ -16,15 +16,14 @@ from cifar_pipeline.errors import PipelineError
 from cifar_pipeline.figures import training_curves
 from cifar_pipeline.hardware import has_gpu, precision_policy
 from cifar_pipeline.input_pipeline import evaluation_dataset, steps_per_epoch, training_dataset
-from cifar_pipeline.model import build_classifier, with_normalization
+from cifar_pipeline.layout import MODEL_FILE, RUN_FILE
+from cifar_pipeline.model import build_classifier, exportable
 from cifar_pipeline.normalize import ChannelStats
 from cifar_pipeline.outputs import atomic_dir, load_array, read_json, write_csv, write_json
 from cifar_pipeline.params import Params, TrainParams, flatten
 from cifar_pipeline.recipe import compile_classifier, last_step_rate
 
 HISTORY_KEYS = ("loss", "accuracy", "top5_accuracy", "val_loss", "val_accuracy", "val_top5_accuracy", "learning_rate")
-MODEL_FILE = "model.keras"
-RUN_FILE = "mlflow_run.json"
 
 
 class TrainingDiverged(PipelineError):
@@ -75,9 +74,9 @@ class EpochLogger(keras.callbacks.Callback):
         mlflow.log_metrics(metrics, step=epoch + 1)
 
 
-def new_classifier(settings: TrainParams, num_classes: int, train_images: int) -> keras.Model:
+def new_classifier(settings: TrainParams, num_classes: int, stats: ChannelStats, train_images: int) -> keras.Model:
     """The params' network, compiled with the params' recipe: what `fit_classifier` trains."""
-    classifier = build_classifier(settings.model, num_classes=num_classes)
+    classifier = build_classifier(settings.model, num_classes=num_classes, stats=stats)
     compile_classifier(classifier, settings, steps_per_epoch(train_images, settings.batch_size))
     return classifier
 
@@ -87,14 +86,16 @@ def fit_classifier(
     settings: TrainParams,
     train: tuple[np.ndarray, np.ndarray],
     validation: tuple[np.ndarray, np.ndarray],
+    stats: ChannelStats,
     initial_epoch: int = 0,
     callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> keras.callbacks.History:
     """The one training loop: the train stage and the accuracy benchmark both call it,
-    so the benchmark measures exactly what `dvc repro` trains."""
+    so the benchmark measures exactly what `dvc repro` trains. Images are raw uint8; `stats`
+    gives the augmentation's fill colour (the training split's mean)."""
     images, labels = train
     return classifier.fit(
-        training_dataset(images, labels, settings.batch_size, settings.augment, settings.seed),
+        training_dataset(images, labels, settings.batch_size, settings.augment, settings.seed, fill=stats.mean),
         validation_data=evaluation_dataset(*validation, settings.batch_size),
         steps_per_epoch=steps_per_epoch(len(images), settings.batch_size),
         epochs=settings.epochs,
@@ -105,29 +106,28 @@ def fit_classifier(
     )
 
 
-def train(
-    dataset: str, params: Params, split_dir: Path, normalized_dir: Path, model_dir: Path, history_csv: Path
-) -> str:
+def train(dataset: str, params: Params, split_dir: Path, stats_json: Path, model_dir: Path, history_csv: Path) -> str:
     """Train one model and return its MLflow run id (also written to `model_dir`)."""
     settings = params.train
     keras.utils.set_random_seed(settings.seed)
     classes = read_json(split_dir / "classes.json")["names"]
-    stats = ChannelStats.from_json(read_json(normalized_dir / "stats.json"))
-    train_images = load_array(normalized_dir, "train_images")
+    stats = ChannelStats.read(stats_json)
+    train_images = load_array(split_dir, "train_images")
     train_labels = load_array(split_dir, "train_labels")
-    val_images = load_array(normalized_dir, "val_images")
+    val_images = load_array(split_dir, "val_images")
     val_labels = load_array(split_dir, "val_labels")
 
     policy = precision_policy(settings.mixed_precision)
     keras.mixed_precision.set_global_policy(policy)
-    checkpoints = Checkpoints(dataset, fingerprint(dataset, params, split_dir, normalized_dir))
+    checkpoints = Checkpoints(dataset, fingerprint(dataset, params, split_dir, stats_json))
     saved = checkpoints.load()
     classifier = checkpoints.load_model(saved) if saved else None
     if classifier is None:
-        classifier = new_classifier(settings, len(classes), len(train_images))
+        classifier = new_classifier(settings, len(classes), stats, len(train_images))
     logged_params = {
         "dataset": dataset,
-        **flatten(params.data[dataset], f"data.{dataset}."),
+        # The same keys for every dataset, so CIFAR-10 and CIFAR-100 runs line up in MLflow's Compare view.
+        **flatten(params.data[dataset], "data."),
         **flatten(params.split, "split."),
         **flatten(settings, "train."),
         "num_classes": len(classes),
@@ -148,6 +148,10 @@ def train(
             mlflow.set_tag("resumed_after_epoch", str(state.epochs_done))
         else:
             state = checkpoints.start(run_id)
+            data = params.data[dataset]
+            for part in ("train", "val"):
+                indices = load_array(split_dir, f"{part}_indices")
+                tracking.log_images_input(dataset, part, data.url, data.md5, data.label_mode, indices)
             if saved:  # the store lost the old run: log what the checkpoint remembers
                 state.rows, state.epochs_done, state.model_file = saved.rows, saved.epochs_done, saved.model_file
                 tracking.log_missing_epochs(run_id, state.rows)
@@ -156,12 +160,13 @@ def train(
             settings,
             (train_images, train_labels),
             (val_images, val_labels),
+            stats,
             initial_epoch=state.epochs_done,
             callbacks=[EpochLogger(len(train_images), checkpoints, state)],
         )
-        model = with_normalization(classifier, stats)
+        model = exportable(classifier)
         mlflow.log_figure(training_curves(state.rows, f"{dataset}: training curves"), "plots/training_curves.png")
-        log_model(model, sample=load_array(split_dir, "val_images")[:8])
+        log_model(model, sample=val_images[:8])
         with atomic_dir(model_dir) as tmp:
             model.save(tmp / MODEL_FILE)
             write_json(tmp / RUN_FILE, {"run_id": run_id})
