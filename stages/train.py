@@ -1,4 +1,4 @@
-"""DVC stage: train one model, tracked in MLflow; writes the model folder and the history CSV."""
+"""DVC stage: train one model, tracked in MLflow; writes the model folder and the loss and accuracy curves."""
 
 from pathlib import Path
 
@@ -11,7 +11,8 @@ def arguments(parser):
     parser.add_argument("split_dir", type=Path)
     parser.add_argument("stats_json", type=Path)
     parser.add_argument("model_dir", type=Path)
-    parser.add_argument("history_csv", type=Path)
+    parser.add_argument("loss_csv", type=Path)
+    parser.add_argument("accuracy_csv", type=Path)
 
 
 if __name__ == "__main__":
@@ -19,6 +20,6 @@ if __name__ == "__main__":
         __doc__,
         arguments,
         lambda args, params: train(
-            args.dataset, params, args.split_dir, args.stats_json, args.model_dir, args.history_csv
+            args.dataset, params, args.split_dir, args.stats_json, args.model_dir, args.loss_csv, args.accuracy_csv
         ),
     )

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from archives import build_archive
 from project import create, edit_params, environment, run, stages_run
 
 pytestmark = pytest.mark.e2e
@@ -68,7 +69,8 @@ def test_first_repro_runs_every_stage_and_writes_every_output(project):
             assert (path / out).is_dir(), out
         for out in (
             f"metrics/{d}.json",
-            f"plots/training/{d}.csv",
+            f"plots/loss/{d}.csv",
+            f"plots/accuracy/{d}.csv",
             f"plots/confusion/{d}.csv",
             f"plots/per_class/{d}.csv",
             f"models/{d}/model.keras",
@@ -154,8 +156,20 @@ def test_dvc_metrics_and_plots(project):
     run(path, "dvc", "plots", "show", "-o", "plots_html")
     html = (path / "plots_html/index.html").read_text()
     for d in DATASETS:
-        for kind in ("training", "confusion", "per_class"):
+        for kind in ("loss", "accuracy", "confusion", "per_class"):
             assert f"plots_{kind}_{d}_csv" in html
+    assert "cdn.jsdelivr.net/npm/vega@" in html  # DVC's default template: blank offline
+
+
+def test_offline_plots_template_inlines_vega(project):
+    """The README's offline path: after one command, `dvc plots show` needs no network."""
+    path, _ = project
+    run(path, "sh", "-c", "PYTHONPATH=src python -m cifar_pipeline.offline_plots")
+    assert "plots.html_template" in (path / ".dvc/config.local").read_text()
+    run(path, "dvc", "plots", "show", "-o", "plots_offline")
+    html = (path / "plots_offline/index.html").read_text()
+    assert "cdn.jsdelivr" not in html and "<script src" not in html
+    assert "vegaEmbed" in html and "plots_loss_cifar10_csv" in html
 
 
 def test_second_repro_runs_nothing(project):
@@ -198,6 +212,23 @@ def test_a_split_param_reruns_split_onwards_for_every_dataset(project):
     ran = stages_run(run(path, "dvc", "repro").stdout)
     expected = [f"{stage}@{d}" for stage in ("split", "normalize", "train", "evaluate") for d in DATASETS]
     assert sorted(ran) == sorted(expected)
+
+
+def test_another_archive_reruns_every_stage_of_that_dataset_only(project, tmp_path):
+    path, _ = project
+    other = tmp_path / "cifar-10-binary.tar.gz"
+    md5 = build_archive(other, "cifar10", train_per_file=60, test=60, seed=1)
+    edit_params(path, lambda p: p["data"]["cifar10"].update(url=str(other), md5=md5))
+    ran = stages_run(run(path, "dvc", "repro").stdout)
+    stages = ("download", "split", "normalize", "train", "evaluate")
+    assert sorted(ran) == sorted(f"{stage}@cifar10" for stage in stages)
+
+
+def test_editing_a_module_reruns_exactly_the_stages_that_import_it(project):
+    path, _ = project
+    with open(path / "src/cifar_pipeline/evaluation.py", "a") as module:
+        module.write("# an edit\n")
+    assert sorted(stages_run(run(path, "dvc", "repro").stdout)) == [f"evaluate@{d}" for d in DATASETS]
 
 
 def start_training_and_wait_for_epochs(path: Path, epochs_done: int) -> subprocess.Popen:
@@ -246,7 +277,7 @@ def test_training_killed_mid_way_resumes_the_same_run(project):
     c = client(path)
     for key in PER_EPOCH:
         assert [m.step for m in c.get_metric_history(after[0].info.run_id, key)] == list(range(1, epochs + 1)), key
-    assert len((path / "plots/training/cifar10.csv").read_text().splitlines()) == epochs + 1
+    assert len((path / "plots/loss/cifar10.csv").read_text().splitlines()) == epochs + 1
     assert not list((path / "data/.checkpoints").glob("cifar10-*"))
 
 

@@ -66,7 +66,7 @@ def setup(tmp_path, monkeypatch):
 
 def run_train(setup):
     params, split, stats, tmp = setup
-    return train("cifar10", params, split, stats, tmp / "models", tmp / "history.csv")
+    return train("cifar10", params, split, stats, tmp / "models", tmp / "loss.csv", tmp / "accuracy.csv")
 
 
 def only_run(tmp):
@@ -104,7 +104,7 @@ def test_non_finite_loss_fails_the_run_with_the_reason_and_writes_nothing(setup,
     _client, run = only_run(tmp)
     assert run.info.status == "FAILED"
     assert "training diverged" in run.data.tags["failure"]
-    assert not (tmp / "models").exists() and not (tmp / "history.csv").exists()
+    assert not (tmp / "models").exists() and not (tmp / "loss.csv").exists() and not (tmp / "accuracy.csv").exists()
 
 
 def test_ctrl_c_marks_the_run_killed_and_the_next_run_continues_it(setup, monkeypatch):
@@ -144,7 +144,9 @@ def test_ctrl_c_marks_the_run_killed_and_the_next_run_continues_it(setup, monkey
     assert run.data.params["train.lr_schedule.kind"] == "cosine"
     assert run.data.params["train.lr_schedule.warmup_fraction"] == "0.15"
     assert run.data.params["train.label_smoothing"] == "0.0" and run.data.params["train.weight_decay"] == "0.0"
-    assert len((tmp / "history.csv").read_text().splitlines()) == 1 + EPOCHS
+    loss, accuracy = ((tmp / f"{name}.csv").read_text().splitlines() for name in ("loss", "accuracy"))
+    assert loss[0] == "epoch,loss,val_loss" and len(loss) == 1 + EPOCHS
+    assert accuracy[0] == "epoch,accuracy,val_accuracy,top5_accuracy,val_top5_accuracy" and len(accuracy) == 1 + EPOCHS
     assert not any(CHECKPOINT_ROOT.glob("*/state.json"))
 
 
@@ -179,7 +181,7 @@ def test_a_changed_param_starts_a_new_run_instead_of_resuming(setup, monkeypatch
         run_train(setup)
     monkeypatch.setattr(training.EpochLogger, "on_epoch_end", original)
     changed = dataclasses.replace(params, train=dataclasses.replace(params.train, seed=params.train.seed + 1))
-    train("cifar10", changed, split, stats, tmp / "models", tmp / "history.csv")
+    train("cifar10", changed, split, stats, tmp / "models", tmp / "loss.csv", tmp / "accuracy.csv")
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("cifar").experiment_id])
     assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]
@@ -193,7 +195,7 @@ def test_both_cpu_precisions_train_and_export_a_float32_model(setup, setting, po
     """`auto` picks either one depending on the CPU, so both paths must work on any machine."""
     params, split, stats, tmp = setup
     params = dataclasses.replace(params, train=dataclasses.replace(params.train, mixed_precision=setting))
-    run_id = train("cifar10", params, split, stats, tmp / "models", tmp / "history.csv")
+    run_id = train("cifar10", params, split, stats, tmp / "models", tmp / "loss.csv", tmp / "accuracy.csv")
     client, run = only_run(tmp)
     assert run.info.status == "FINISHED" and run.data.params["resolved.dtype_policy"] == policy
     assert steps(client, run_id) == [1, 2, 3, 4]
