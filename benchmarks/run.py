@@ -153,7 +153,7 @@ def data_stages(size: dict, work: Path) -> dict:
     stages = {
         "download (parse archive)": ["download.py", "cifar10", "data/raw/cifar10"],
         "split": ["split.py", "cifar10", "data/raw/cifar10", "data/split/cifar10"],
-        "normalize": ["normalize.py", "data/split/cifar10", "data/normalized/cifar10"],
+        "normalize": ["normalize.py", "data/split/cifar10", "data/stats/cifar10.json"],
     }
     results = {}
     for name, (script, *args) in stages.items():

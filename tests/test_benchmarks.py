@@ -1,4 +1,4 @@
-"""A smoke run of the benchmark code (tiny sizes): it must run and write both reports.
+"""Smoke runs of the benchmark code (tiny sizes): each must run and write its reports.
 
 The numbers it produces mean nothing at this size; speed targets live in benchmarks/,
 never in tests.
@@ -84,3 +84,14 @@ def test_readme_fast_recipe_is_the_one_the_benchmark_measures():
     readme = (ROOT / "README.md").read_text()
     line = "dvc exp run " + " ".join(f"-S {shlex.quote(override)}" for override in FAST_RECIPE)
     assert FAST_RECIPE and line in readme
+
+
+def test_footprint_benchmark_smoke_run_measures_cache_memory_and_speed(tmp_path):
+    run_benchmark("footprint.py", "--smoke", "--out", str(tmp_path))
+    data = json.loads((tmp_path / "results.json").read_text())
+    [variant] = data["variants"]
+    assert variant["name"] == "this checkout" and data["images"] == 360
+    # a split change stores the new split (and, since issue 8, nothing bigger)
+    assert 0 < variant["cache_growth_per_split_change_mb"] <= variant["uint8_split_mb"] * 1.05
+    assert 0.1 < variant["train_peak_rss_gb"] < 8 and variant["last_epoch_img_s"] > 0
+    assert "| this checkout (" in (tmp_path / "results.md").read_text()
