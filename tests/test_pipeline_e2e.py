@@ -165,7 +165,7 @@ def test_offline_plots_template_inlines_vega(project):
     """The README's offline path: after one command, `dvc plots show` needs no network."""
     path, _ = project
     run(path, "sh", "-c", "PYTHONPATH=src python -m cifar_pipeline.offline_plots")
-    assert "plots.html_template" in (path / ".dvc/config.local").read_text()
+    assert "html_template = tmp/plots-offline.html" in (path / ".dvc/config.local").read_text()
     run(path, "dvc", "plots", "show", "-o", "plots_offline")
     html = (path / "plots_offline/index.html").read_text()
     assert "cdn.jsdelivr" not in html and "<script src" not in html
