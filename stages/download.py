@@ -12,4 +12,9 @@ def arguments(parser):
 
 
 if __name__ == "__main__":
-    run_stage(__doc__, arguments, lambda args, params: download_dataset(args.dataset, params, args.out_dir))
+    run_stage(
+        __doc__,
+        arguments,
+        lambda args, params: download_dataset(args.dataset, params, args.out_dir),
+        outputs=lambda args: [args.out_dir],
+    )

@@ -22,4 +22,5 @@ if __name__ == "__main__":
         lambda args, params: evaluate_model(
             args.dataset, args.split_dir, args.model_dir, args.metrics_json, args.confusion_csv, args.per_class_csv
         ),
+        inputs=lambda args: {args.split_dir: f"split@{args.dataset}", args.model_dir: f"train@{args.dataset}"},
     )

@@ -12,4 +12,9 @@ def arguments(parser):
 
 
 if __name__ == "__main__":
-    run_stage(__doc__, arguments, lambda args, params: normalize_dataset(args.split_dir, args.stats_json))
+    run_stage(
+        __doc__,
+        arguments,
+        lambda args, params: normalize_dataset(args.split_dir, args.stats_json),
+        inputs=lambda args: {args.split_dir: f"split@{args.split_dir.name}"},
+    )

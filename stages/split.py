@@ -13,4 +13,10 @@ def arguments(parser):
 
 
 if __name__ == "__main__":
-    run_stage(__doc__, arguments, lambda args, params: split_dataset(args.dataset, params, args.raw_dir, args.out_dir))
+    run_stage(
+        __doc__,
+        arguments,
+        lambda args, params: split_dataset(args.dataset, params, args.raw_dir, args.out_dir),
+        inputs=lambda args: {args.raw_dir: f"download@{args.dataset}"},
+        outputs=lambda args: [args.out_dir],
+    )

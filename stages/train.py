@@ -22,4 +22,6 @@ if __name__ == "__main__":
         lambda args, params: train(
             args.dataset, params, args.split_dir, args.stats_json, args.model_dir, args.loss_csv, args.accuracy_csv
         ),
+        inputs=lambda args: {args.split_dir: f"split@{args.dataset}", args.stats_json: f"normalize@{args.dataset}"},
+        outputs=lambda args: [args.model_dir],
     )

@@ -59,6 +59,18 @@ def test_missing_local_file(tmp_path):
         fetch(str(tmp_path / "nope.tar.gz"), "0" * 32, tmp_path)
 
 
+def test_a_folder_or_a_device_is_named_for_what_it_is(tmp_path):
+    with pytest.raises(DownloadError, match="is a folder, not an archive"):
+        fetch(str(tmp_path), "0" * 32, tmp_path)
+    with pytest.raises(DownloadError, match="not a regular file"):
+        fetch("/dev/zero", "0" * 32, tmp_path)
+
+
+def test_file_url_with_two_slashes_suggests_three(tmp_path):
+    with pytest.raises(DownloadError, match=r"names the host 'srv'.*write file:///srv/x.tar.gz \(three slashes\)"):
+        fetch("file://srv/x.tar.gz", "0" * 32, tmp_path)
+
+
 def test_http_404(server, tmp_path):
     with pytest.raises(DownloadError, match="HTTP 404"):
         fetch(server.url("missing.tar.gz"), "0" * 32, tmp_path)

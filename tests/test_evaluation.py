@@ -24,3 +24,15 @@ def test_top5_counts_labels_outside_the_top_five_as_misses():
     probabilities = np.tile(np.linspace(0.19, 0.01, 10), (1, 1))
     assert evaluate_probabilities(probabilities, np.array([9])).top5_accuracy == 0.0
     assert evaluate_probabilities(probabilities, np.array([4])).top5_accuracy == 1.0
+
+
+def test_a_class_without_test_images_has_no_accuracy_rather_than_zero():
+    """split.max_test_images below the class count leaves classes out: unknown, not all wrong."""
+    probabilities = np.full((3, 10), 0.1)
+    probabilities[:, 0] = 0.5
+    result = evaluate_probabilities(probabilities, np.array([0, 0, 1]))
+    assert np.isnan(result.per_class_accuracy[5])
+    rows = result.per_class([f"c{i}" for i in range(10)])
+    assert rows["c0"] == {"accuracy": 1.0, "test_images": 2}
+    assert rows["c1"] == {"accuracy": 0.0, "test_images": 1}
+    assert rows["c5"] == {"accuracy": None, "test_images": 0}

@@ -95,6 +95,16 @@ def _with(raw, path, value):
         ("train.jit_compile", "yes", r"train.jit_compile must be auto, true or false, got 'yes'"),
         ("train.mixed_precision", 1, r"train.mixed_precision must be auto, true or false, got 1"),
         ("split.max_train_images", 1, r"split.max_train_images must be an integer >= 2"),
+        ("split.max_train_images", 5, r"max_train_images is 5, but cifar10 \(10 classes\) .* needs at least 95"),
+        ("split.max_train_images", 10, r"needs at least 95 for one training and one validation image per class"),
+        ("split.max_train_images", 500, r"cifar100 \(100 classes\) with split.val_fraction 0.1 needs at least 995"),
+        ("train.seed", 2**32, r"train.seed must be an integer between 0 and 4294967295, got 4294967296"),
+        (
+            "train.model.dense_units",
+            10**9,
+            r"train.model has 1,035,001,176,106 weights \(4140.0 GB in float32.*the limit is 100,000,000",
+        ),
+        ("train.model.filters", [4096, 4096, 4096, 4096], r"the limit is 100,000,000: lower"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(raw, path, value, message):
@@ -147,3 +157,21 @@ def test_flatten_gives_dotted_keys_with_lists():
     assert flat["train.model.filters"] == [32, 64, 128, 256]
     assert flat["train.lr_schedule.kind"] == "cosine"
     assert flat["train.epochs"] == 200
+
+
+def test_params_are_read_with_the_yaml_rules_dvc_uses(tmp_path):
+    """PyYAML (YAML 1.1) reads 1e-3 as a string; DVC (ruamel.yaml, YAML 1.2) as 0.001."""
+    text = PROJECT_PARAMS.read_text().replace("learning_rate: 0.005", "learning_rate: 1e-3")
+    (tmp_path / "params.yaml").write_text(text)
+    assert load_params(tmp_path / "params.yaml").train.learning_rate == 0.001
+
+
+def test_model_weights_estimate_matches_keras():
+    from cifar_pipeline.model import build_classifier
+    from cifar_pipeline.normalize import ChannelStats
+    from cifar_pipeline.params import model_weights
+
+    model = load_params(PROJECT_PARAMS).train.model
+    stats = ChannelStats(mean=(0.0,) * 3, std=(1.0,) * 3)
+    for classes in (10, 100):
+        assert model_weights(model, classes) == build_classifier(model, classes, stats).count_params()

@@ -106,3 +106,29 @@ def test_dataset_list_problems_stop_dvc_repro_before_any_stage(tmp_path, dataset
     assert len(errors) == 1 and message in errors[0], result.stdout + result.stderr
     assert stages_run(result.stdout) == ["check_params"]
     assert not (path / "data").exists()
+
+
+@pytest.mark.parametrize("out", [".", "data", "theirs"])
+def test_a_stage_run_by_hand_never_replaces_a_folder_it_did_not_make(workdir, archives, out):
+    """`python stages/split.py cifar10 data/raw/cifar10 data` once wiped all of data/."""
+    path, md5 = archives["cifar10"]
+    edit_params(workdir, lambda p: p["data"]["cifar10"].update(url=str(path), md5=md5))
+    (workdir / "data").mkdir()
+    (workdir / "data/.gitignore").write_text("/raw\n")
+    (workdir / "theirs").mkdir()
+    (workdir / "theirs/notes.txt").write_text("mine")
+    before = sorted(p.relative_to(workdir).as_posix() for p in workdir.rglob("*"))
+    result = stage(workdir, "download", "cifar10", out)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"refusing to replace {out}: it is a folder this pipeline did not make" in errors[0]
+    assert sorted(p.relative_to(workdir).as_posix() for p in workdir.rglob("*")) == before
+
+
+def test_a_missing_input_names_the_stage_that_makes_it(workdir):
+    result = stage(workdir, "normalize", "data/split/cifar10", "data/stats/cifar10.json")
+    assert_clean_failure(
+        result,
+        "cannot read data/split/cifar10: it does not exist; the split stage makes it: run `dvc repro split@cifar10`",
+        workdir,
+    )

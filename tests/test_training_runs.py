@@ -53,6 +53,9 @@ def setup(tmp_path, monkeypatch):
         val_labels=labels[64:],
         train_indices=np.arange(64),
         val_indices=np.arange(64, 80),
+        test_images=images[:20],
+        test_labels=labels[:20],
+        test_indices=np.arange(20),
     )
     write_json(split / "classes.json", {"label_mode": "label", "names": [str(i) for i in range(10)]})
     write_json(stats, {"mean": [120.0] * 3, "std": [60.0] * 3})
@@ -203,3 +206,65 @@ def test_both_cpu_precisions_train_and_export_a_float32_model(setup, setting, po
     model = keras.saving.load_model(tmp / "models" / MODEL_FILE)
     probabilities = np.asarray(model.predict(np.zeros((3, 32, 32, 3), np.uint8), verbose=0))
     assert probabilities.dtype == np.float32 and np.allclose(probabilities.sum(axis=1), 1, atol=1e-3)
+
+
+def interrupt_after_epoch(setup, monkeypatch, epoch: int) -> None:
+    """Run training and Ctrl-C it once `epoch` is committed (checkpointed and logged)."""
+    original = training.EpochLogger.on_epoch_end
+
+    def interrupt(self, index, logs=None):
+        original(self, index, logs)
+        if index + 1 == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.EpochLogger, "on_epoch_end", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(setup)
+    monkeypatch.setattr(training.EpochLogger, "on_epoch_end", original)
+
+
+def all_runs(tmp):
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    return client, client.search_runs([client.get_experiment_by_name("cifar").experiment_id])
+
+
+def test_an_unreadable_checkpoint_state_is_discarded_and_training_starts_over(setup, monkeypatch, capsys):
+    tmp = setup[3]
+    interrupt_after_epoch(setup, monkeypatch, 2)
+    [state] = CHECKPOINT_ROOT.glob("cifar10-*/state.json")
+    state.write_text("")  # a crash of an older version between truncate and write
+    run_train(setup)
+    err = capsys.readouterr().err
+    assert "checkpoint state" in err and "is unreadable" in err and "training from scratch" in err
+    client, runs = all_runs(tmp)
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert len(finished) == 1 and steps(client, finished[0].info.run_id) == [1, 2, 3, 4]
+    assert not list(CHECKPOINT_ROOT.glob("cifar10-*"))
+
+
+def test_a_corrupt_checkpoint_model_ends_its_run_failed_and_a_new_run_trains(setup, monkeypatch, capsys):
+    tmp = setup[3]
+    interrupt_after_epoch(setup, monkeypatch, 2)
+    [model_file] = CHECKPOINT_ROOT.glob("cifar10-*/epoch-0002.keras")
+    model_file.write_bytes(b"not a zip file")
+    run_train(setup)
+    err = capsys.readouterr().err
+    assert "epoch-0002.keras (epoch 2) cannot be loaded" in err and "training from scratch" in err
+    client, runs = all_runs(tmp)
+    by_status = {r.info.status: r for r in runs}
+    assert sorted(by_status) == ["FAILED", "FINISHED"]
+    assert "cannot be loaded" in by_status["FAILED"].data.tags["failure"]
+    assert steps(client, by_status["FINISHED"].info.run_id) == [1, 2, 3, 4]
+
+
+def test_evaluating_the_same_model_again_logs_its_test_metrics_once(setup):
+    """A SIGKILL during evaluate reruns it on the next `dvc repro`: no duplicate history."""
+    from cifar_pipeline.evaluation import evaluate_model
+
+    _, split, _, tmp = setup
+    run_id = run_train(setup)
+    for _ in range(2):
+        evaluate_model("cifar10", split, tmp / "models", tmp / "m.json", tmp / "c.csv", tmp / "p.csv")
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    assert len(client.get_metric_history(run_id, "test_accuracy")) == 1
+    assert (tmp / "p.csv").read_text().splitlines()[0] == "class,accuracy,test_images"

@@ -16,16 +16,22 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import keras
 
-from cifar_pipeline.outputs import atomic_file, read_json, write_json
+from cifar_pipeline.errors import PipelineError
+from cifar_pipeline.outputs import atomic_file, naming_errors, read_json, write_json
 from cifar_pipeline.params import Params, flatten
 
 CHECKPOINT_ROOT = Path("data/.checkpoints")
 STATE_FILE = "state.json"
+
+
+class CheckpointError(PipelineError):
+    """A checkpoint file exists but cannot be used."""
 
 
 @dataclass
@@ -64,16 +70,33 @@ class Checkpoints:
         self.folder = root / f"{dataset}-{key}"
 
     def load(self) -> TrainingState | None:
+        """The last committed state, or None; an unreadable `state.json` is reported and discarded."""
         path = self.folder / STATE_FILE
         if not path.is_file():
             return None
-        state = TrainingState(**read_json(path))
-        if state.model_file and not (self.folder / state.model_file).is_file():
+        try:
+            state = TrainingState(**read_json(path))
+        except (ValueError, TypeError, OSError) as err:  # empty, truncated, not JSON, wrong fields
+            self.discard(f"checkpoint state {path} is unreadable ({type(err).__name__}: {err})")
             return None
         return state
 
     def load_model(self, state: TrainingState) -> keras.Model | None:
-        return keras.models.load_model(self.folder / state.model_file) if state.model_file else None
+        """The model of the last finished epoch; `CheckpointError` if its file is missing or corrupt."""
+        if not state.model_file:
+            return None
+        path = self.folder / state.model_file
+        try:
+            return keras.models.load_model(path)
+        except Exception as err:  # Keras raises ValueError, OSError, zipfile errors, ... for a bad file
+            raise CheckpointError(
+                f"checkpoint {path} (epoch {state.epochs_done}) cannot be loaded ({type(err).__name__}: {err})"
+            ) from err
+
+    def discard(self, reason: str) -> None:
+        """Say why, then remove this checkpoint folder (the pipeline made it) so training starts over."""
+        print(f"warning: {reason}; discarding {self.folder} and training from scratch", file=sys.stderr)
+        self.clear()
 
     def start(self, run_id: str) -> TrainingState:
         """A fresh run: drop this dataset's checkpoints of other configurations, record the run id."""
@@ -90,7 +113,8 @@ class Checkpoints:
         """Save the model, then switch `state.json` to it; only then drop the previous file."""
         previous = state.model_file
         state.model_file = f"epoch-{state.epochs_done:04d}.keras"
-        model.save(self.folder / state.model_file)
+        with naming_errors(self.folder / state.model_file):  # a full disk inside Keras's zip writer names no file
+            model.save(self.folder / state.model_file)
         self._write_state(state)
         if previous and previous != state.model_file:
             (self.folder / previous).unlink(missing_ok=True)
@@ -99,5 +123,5 @@ class Checkpoints:
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def _write_state(self, state: TrainingState) -> None:
-        with atomic_file(self.folder / STATE_FILE) as tmp:
+        with atomic_file(self.folder / STATE_FILE, durable=True, output=False) as tmp:
             write_json(tmp, asdict(state))

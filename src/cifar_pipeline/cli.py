@@ -3,23 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from cifar_pipeline.errors import PipelineError
-from cifar_pipeline.params import Params, load_params
+from cifar_pipeline.outputs import check_replaceable, on_commit
+from cifar_pipeline.params import DEFAULT_PATH, Params, flatten, load_params, read_yaml
+
+DVC_YAML = Path("dvc.yaml")
+
+
+class ParamsChanged(PipelineError):
+    """params.yaml changed while the stage ran: its outputs would be recorded with the wrong params."""
 
 
 def run_stage(
     description: str,
     add_arguments: Callable[[argparse.ArgumentParser], None],
-    body: Callable[[argparse.Namespace, Params], None],
+    body: Callable[[argparse.Namespace, Params], Any],
+    inputs: Callable[[argparse.Namespace], dict[Path, str]] | None = None,
+    outputs: Callable[[argparse.Namespace], list[Path]] | None = None,
 ) -> None:
-    """Parse argv, load params.yaml (fail before any work), run the stage.
+    """Parse argv, load params.yaml (fail before any work), check inputs and outputs, run the stage.
 
-    Problems a user can fix (`PipelineError`, or the file system refusing a write)
-    print as one `error:` line and exit 2; anything else is a bug and keeps its traceback.
+    `inputs` maps each input path to the stage that makes it, for a clear message when a
+    stage is run by hand before that one; `outputs` lists the folders the stage will
+    replace, refused up front unless this pipeline made them. Problems a user can fix (`PipelineError`, or
+    the file system refusing a read or write) print as one `error:` line and exit 2;
+    anything else is a bug and keeps its traceback.
     """
     parser = argparse.ArgumentParser(description=description)
     add_arguments(parser)
@@ -27,6 +42,15 @@ def run_stage(
     signal.signal(signal.SIGTERM, _interrupt)  # `kill`, or a scheduler stopping the job: same as Ctrl-C
     try:
         params = load_params()
+        for path, maker in (inputs(args) if inputs else {}).items():
+            if not path.exists():
+                raise PipelineError(
+                    f"cannot read {path}: it does not exist; the {maker.split('@')[0]} stage makes it: "
+                    f"run `dvc repro {maker}` (or `dvc repro` for everything)"
+                )
+        for path in outputs(args) if outputs else []:
+            check_replaceable(path)
+        guard_params(Path(sys.argv[0]).name, getattr(args, "dataset", None))
         body(args, params)
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -38,13 +62,76 @@ def run_stage(
             file=sys.stderr,
         )
         sys.exit(130)
-    except OSError as err:  # disk full, read-only or unwritable output folder
-        where = f" {err.filename}" if err.filename else ""
-        print(
-            f"error: cannot write{where}: {err.strerror or err}; check the folder's permissions and free space",
-            file=sys.stderr,
-        )
+    except OSError as err:
+        print(f"error: {file_system_problem(err)}", file=sys.stderr)
         sys.exit(2)
+
+
+def file_system_problem(err: OSError) -> str:
+    """One line that tells a failed read from a failed write and names the path."""
+    where = f" {err.filename}" if err.filename else ""
+    if err.errno == errno.ENOENT:
+        return f"cannot read{where}: no such file or folder; run `dvc repro` to make the pipeline's inputs"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device writing{where}; free some space and run again"
+    return f"cannot write{where}: {err.strerror or err}; check the folder's permissions and free space"
+
+
+def declared_params(script: str, item: str | None, dvc_yaml: Path = DVC_YAML) -> list[str]:
+    """The params `dvc.yaml` declares for the stage that runs `stages/<script>` (`${item}` filled in).
+
+    These are the values DVC records in dvc.lock when the stage finishes.
+    """
+    if not dvc_yaml.is_file():
+        return []
+    stages = (read_yaml(dvc_yaml.read_text(encoding="utf-8")) or {}).get("stages", {})
+    for stage in stages.values():
+        body = stage.get("do", stage)
+        if f"stages/{script}" in str(body.get("cmd", "")):
+            return [str(key).replace("${item}", item or "") for key in body.get("params", [])]
+    return []
+
+
+def _values(keys: list[str], path: Path = DEFAULT_PATH) -> dict[str, Any]:
+    """Each declared key's leaf values as dotted keys; raises on an unreadable file."""
+    raw = read_yaml(path.read_text(encoding="utf-8")) or {}
+    found: dict[str, Any] = {}
+    for key in keys:
+        node: Any = raw
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        found.update(flatten(node, f"{key}.") if isinstance(node, dict) else {key: node})
+    return found
+
+
+def guard_params(script: str, item: str | None) -> None:
+    """Before any output is put in place, require the stage's params to be what it started with.
+
+    Otherwise DVC would record in dvc.lock the values in params.yaml when the stage ends,
+    not the ones it ran with, and `dvc status` would call a stale output up to date.
+    """
+    keys = declared_params(script, item)
+    if not keys:
+        return
+    started = _values(keys)
+
+    def unchanged() -> None:
+        try:
+            now = _values(keys)
+        except Exception:  # any read or parse failure means it changed
+            now = {}
+        changed = [
+            f"{key} {started.get(key)!r} -> {now.get(key)!r}"
+            for key in sorted(set(started) | set(now))
+            if started.get(key) != now.get(key)
+        ]
+        if changed:
+            raise ParamsChanged(
+                f"params.yaml changed while this stage ran: {'; '.join(changed[:5])}"
+                f"{' ...' if len(changed) > 5 else ''}; its output was not kept: run `dvc repro` again"
+            )
+
+    on_commit(unchanged)
 
 
 def _interrupt(signum: int, frame: object) -> None:

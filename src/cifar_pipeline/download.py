@@ -44,6 +44,13 @@ def local_path(url: str) -> Path | None:
     """The file a `file://` URL or plain path names; None for network URLs."""
     parsed = urlparse(url)
     if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            # file://srv/x.tar.gz names host "srv" and path /x.tar.gz: a slash is missing
+            meant = f"/{parsed.netloc}{parsed.path}"
+            raise DownloadError(
+                f"{url!r} names the host '{parsed.netloc}', but file:// URLs are local: "
+                f"write file://{meant} (three slashes) or the plain path {meant}"
+            )
         return Path(unquote(parsed.path))
     if parsed.scheme in ("http", "https"):
         return None
@@ -63,7 +70,9 @@ def fetch(url: str, md5: str, cache_dir: Path, timeout: float = TIMEOUT_S) -> Pa
     source = local_path(url)
     if source is not None:
         if not source.is_file():
-            raise DownloadError(f"{source} does not exist: fix the dataset url in params.yaml or put the archive there")
+            raise DownloadError(
+                f"{source} {_what_it_is(source)}; the dataset url in params.yaml must name the .tar.gz archive"
+            )
         _verify(source, md5, url)
         return source
 
@@ -80,6 +89,17 @@ def fetch(url: str, md5: str, cache_dir: Path, timeout: float = TIMEOUT_S) -> Pa
         raise
     os.replace(part, final)
     return final
+
+
+def _what_it_is(path: Path) -> str:
+    """Why `path` is not a readable archive file, in words."""
+    if path.is_dir():
+        return "is a folder, not an archive (put the archive's own path, e.g. .../cifar-10-binary.tar.gz)"
+    if path.exists():
+        return "is not a regular file (a device, pipe or socket)"
+    if path.is_symlink():
+        return "is a broken symbolic link"
+    return "does not exist: put the archive there or fix the path"
 
 
 def _verify(path: Path, md5: str, url: str) -> None:

@@ -28,9 +28,21 @@ class Evaluation:
     predictions: np.ndarray
 
     @property
+    def test_images_per_class(self) -> np.ndarray:
+        return self.confusion.sum(axis=1)
+
+    @property
     def per_class_accuracy(self) -> np.ndarray:
-        totals = self.confusion.sum(axis=1)
-        return np.divide(np.diag(self.confusion), totals, out=np.zeros(len(totals)), where=totals > 0)
+        """NaN for a class with no test images (a small `split.max_test_images`): unknown, not 0."""
+        totals = self.test_images_per_class
+        return np.divide(np.diag(self.confusion), totals, out=np.full(len(totals), np.nan), where=totals > 0)
+
+    def per_class(self, names: list[str]) -> dict[str, dict[str, float | int | None]]:
+        """Per class: accuracy (None without test images) and how many test images it had."""
+        return {
+            name: {"accuracy": None if np.isnan(accuracy) else round(float(accuracy), 6), "test_images": int(count)}
+            for name, accuracy, count in zip(names, self.per_class_accuracy, self.test_images_per_class, strict=True)
+        }
 
     def metrics(self) -> dict[str, float]:
         return {"test_loss": self.loss, "test_accuracy": self.accuracy, "test_top5_accuracy": self.top5_accuracy}
@@ -66,7 +78,8 @@ def evaluate_model(
     model = keras.models.load_model(model_dir / MODEL_FILE)
     probabilities = model.predict(load_array(split_dir, "test_images", mmap=False), batch_size=PREDICT_BATCH, verbose=0)
     result = evaluate_probabilities(probabilities, labels)
-    per_class = dict(zip(names, result.per_class_accuracy.round(6).tolist(), strict=True))
+    per_class = result.per_class(names)
+    missing = [name for name, row in per_class.items() if not row["test_images"]]
 
     run_id = read_json(model_dir / RUN_FILE)["run_id"]
     with tracking.reopen_run(run_id):
@@ -80,8 +93,10 @@ def evaluate_model(
                 trained["data.label_mode"],
                 load_array(split_dir, "test_indices"),
             )
-        mlflow.log_metrics(result.metrics())
-        mlflow.log_dict(per_class, "metrics/per_class_accuracy.json")
+        # Once: a rerun after a kill must not append the same values to the metric history again.
+        logged = mlflow.get_run(run_id).data.metrics
+        mlflow.log_metrics({k: v for k, v in result.metrics().items() if logged.get(k) != v})
+        mlflow.log_dict(per_class, "metrics/per_class_accuracy.json")  # None = no test images
         mlflow.log_figure(
             confusion_matrix(result.confusion, names, f"{dataset}: test confusion matrix"), "plots/confusion_matrix.png"
         )
@@ -92,5 +107,14 @@ def evaluate_model(
             ["actual", "predicted"],
             zip([names[i] for i in labels], [names[i] for i in result.predictions], strict=True),
         )
-        write_csv(per_class_csv, ["class", "accuracy"], per_class.items())
+        write_csv(
+            per_class_csv,
+            ["class", "accuracy", "test_images"],  # accuracy empty: no test images
+            ((name, "" if v["accuracy"] is None else v["accuracy"], v["test_images"]) for name, v in per_class.items()),
+        )
     print(f"{dataset}: " + ", ".join(f"{key} {value:.4f}" for key, value in result.metrics().items()))
+    if missing:
+        print(
+            f"{dataset}: {len(missing)} of {len(names)} classes have no test images, so no accuracy "
+            f"(raise split.max_test_images): {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}"
+        )

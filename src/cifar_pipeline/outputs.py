@@ -12,26 +12,91 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cifar_pipeline.errors import PipelineError
+
+# Written into every folder a stage makes: the only folders `atomic_dir` will ever replace.
+MARKER = ".cifar-pipeline-output"
+MARKER_TEXT = "Made by a cifar-pipeline stage; the stage may replace this whole folder when it reruns.\n"
+
+_commit_checks: list[Callable[[], None]] = []
+
+
+class OutputError(PipelineError):
+    """An output path is taken by something this pipeline did not make."""
+
+
+def on_commit(check: Callable[[], None]) -> None:
+    """Run `check` before every output is put in place; it raises to keep the output back.
+
+    The stage runner uses it to refuse outputs made with params that changed mid-run.
+    """
+    _commit_checks.append(check)
+
+
+def clear_commit_checks() -> None:
+    _commit_checks.clear()
+
+
+def _before_commit() -> None:
+    for check in _commit_checks:
+        check()
+
+
+def check_replaceable(path: Path) -> None:
+    """Refuse to replace `path` unless it is absent, an empty folder, or a folder a stage made.
+
+    DVC deletes a stage's outputs before running it, so under `dvc repro` the path is
+    absent; a stage run by hand with a wrong argument (`.`, `data`) must not delete
+    someone's files.
+    """
+    if not (path.exists() or path.is_symlink()):
+        return
+    if path.is_dir() and not path.is_symlink() and ((path / MARKER).is_file() or not any(path.iterdir())):
+        return
+    what = "a folder" if path.is_dir() else "a file"
+    raise OutputError(
+        f"refusing to replace {path}: it is {what} this pipeline did not make (no {MARKER} inside); "
+        f"give the stage an output path that does not exist yet, or move {path} away"
+    )
+
+
+@contextmanager
+def naming_errors(path: Path) -> Iterator[None]:
+    """Give an OSError without a file name (disk full inside a library's write) the output's path."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+        raise
+
 
 @contextmanager
 def atomic_dir(path: Path | str) -> Iterator[Path]:
-    """Yield an empty temporary folder that replaces `path` if the block succeeds."""
+    """Yield an empty temporary folder that replaces `path` if the block succeeds.
+
+    Only a folder this pipeline made (it carries `MARKER`) or an empty one is ever
+    replaced; anything else is refused before any work is done.
+    """
     path = Path(path)
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
-        if path.is_dir() and not path.is_symlink():
+        with naming_errors(path):
+            yield tmp
+            (tmp / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
+        _before_commit()
+        check_replaceable(path)
+        if path.is_dir():
             shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -39,15 +104,26 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_file(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary file path in the same folder that is renamed to `path` on success."""
+def atomic_file(path: Path | str, durable: bool = False, output: bool = True) -> Iterator[Path]:
+    """Yield a temporary file path in the same folder that is renamed to `path` on success.
+
+    `durable` flushes the file to disk before the rename, so a power cut cannot leave the
+    new name pointing at an empty file (checkpoint state). `output=False` is for the
+    pipeline's own bookkeeping (checkpoints), which the commit checks do not hold back.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
+        with naming_errors(path):
+            yield tmp
+            if durable:
+                with open(tmp, "rb+") as handle:
+                    os.fsync(handle.fileno())
+        if output:
+            _before_commit()
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

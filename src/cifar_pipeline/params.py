@@ -14,7 +14,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml import YAMLError as _YAMLError
 
 from cifar_pipeline.datasets import SPECS
 from cifar_pipeline.errors import PipelineError
@@ -23,6 +24,8 @@ from cifar_pipeline.outputs import atomic_file
 DEFAULT_PATH = Path("params.yaml")
 LR_SCHEDULES = ("step", "constant", "cosine")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+MAX_SEED = 2**32 - 1  # NumPy's legacy seeding, which Keras uses, takes 32 bits
+MAX_MODEL_WEIGHTS = 100_000_000  # the seed's network has 2.2 M; 100 M need ~1.6 GB with Adam's state
 
 
 class ParamsError(PipelineError, ValueError):
@@ -103,14 +106,22 @@ def load_params(path: Path | str = DEFAULT_PATH) -> Params:
     """Read and validate the whole params file; raise `ParamsError` on the first problem."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = read_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ParamsError(f"{path} not found: run from the project root, where params.yaml lives") from None
-    except yaml.YAMLError as err:
+    except _YAMLError as err:
         where = getattr(err, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
         raise ParamsError(f"{path} is not valid YAML{at}: {getattr(err, 'problem', err)}; fix the syntax") from None
     return parse_params(raw)
+
+
+def read_yaml(text: str) -> Any:
+    """YAML as DVC reads it (ruamel.yaml, YAML 1.2), so both agree on every value.
+
+    PyYAML follows YAML 1.1, where `1e-3` is a string; DVC records it as 0.001.
+    """
+    return YAML(typ="safe").load(text)
 
 
 CHECKED_MARKER = (
@@ -135,7 +146,52 @@ def parse_params(raw: Any) -> Params:
     datasets = _dataset_list(top["datasets"])
     data_raw = _mapping(top["data"], "data", set(SPECS), required=set(datasets))
     data = {name: _data(value, name) for name, value in data_raw.items()}
-    return Params(datasets=datasets, data=data, split=_split(top["split"]), train=_train(top["train"]))
+    split = _split(top["split"])
+    train = _train(top["train"])
+    for name in datasets:
+        classes = SPECS[name].num_classes[data[name].label_mode]
+        _check_subsample(split, name, classes)
+        _check_model_size(train.model, classes)
+    return Params(datasets=datasets, data=data, split=split, train=train)
+
+
+def minimum_train_images(num_classes: int, val_fraction: float) -> int:
+    """The smallest `split.max_train_images` that leaves a training and a validation image per class."""
+    count = 2 * num_classes
+    while round(count * val_fraction) < num_classes or count - round(count * val_fraction) < num_classes:
+        count += 1
+    return count
+
+
+def _check_subsample(split: SplitParams, dataset: str, num_classes: int) -> None:
+    if split.max_train_images is None:
+        return
+    needed = minimum_train_images(num_classes, split.val_fraction)
+    if split.max_train_images < needed:
+        raise ParamsError(
+            f"params.yaml: split.max_train_images is {split.max_train_images}, but {dataset} "
+            f"({num_classes} classes) with split.val_fraction {split.val_fraction} needs at least {needed} "
+            f"for one training and one validation image per class; raise it, or set it to null for all images"
+        )
+
+
+def model_weights(model: ModelParams, num_classes: int) -> int:
+    """Weights (trainable and BatchNormalization's) of `model.build_classifier`, without building it."""
+    total, channels, side = 0, 3, 32
+    for filters in model.filters:
+        total += (9 * channels + 1) * filters + (9 * filters + 1) * filters + 2 * 4 * filters
+        channels, side = filters, side // 2
+    flat = side * side * channels
+    return total + (flat + 1) * model.dense_units + (model.dense_units + 1) * num_classes
+
+
+def _check_model_size(model: ModelParams, num_classes: int) -> None:
+    weights = model_weights(model, num_classes)
+    if weights > MAX_MODEL_WEIGHTS:
+        raise ParamsError(
+            f"params.yaml: train.model has {weights:,} weights ({weights * 4 / 1e9:.1f} GB in float32, several "
+            f"times that to train); the limit is {MAX_MODEL_WEIGHTS:,}: lower train.model.dense_units or filters"
+        )
 
 
 def flatten(params: Any, prefix: str = "") -> dict[str, Any]:
@@ -230,7 +286,7 @@ def _train(value: Any) -> TrainParams:
             f"set train.optimizer to adamw (or sgd), or train.weight_decay to 0"
         )
     return TrainParams(
-        seed=_integer(section["seed"], "train.seed", minimum=0),
+        seed=_integer(section["seed"], "train.seed", minimum=0, maximum=MAX_SEED),
         epochs=_integer(section["epochs"], "train.epochs", minimum=1),
         batch_size=_integer(section["batch_size"], "train.batch_size", minimum=1),
         optimizer=optimizer,

@@ -12,8 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from cifar_pipeline.errors import PipelineError
 from cifar_pipeline.outputs import atomic_dir, load_array, read_json, save_arrays, write_json
 from cifar_pipeline.params import Params
+
+
+class SplitError(PipelineError, ValueError):
+    """The split params leave a part of the split empty or a class out of it."""
 
 
 def allocate(counts: np.ndarray, total: int) -> np.ndarray:
@@ -55,12 +60,22 @@ def train_val_split(
         pool, _ = stratified_take(labels, max_images, rng)
     n_val = round(len(pool) * val_fraction)
     if n_val < 1 or n_val >= len(pool):
-        raise ValueError(
-            f"val_fraction {val_fraction} of {len(pool)} images leaves an empty train or validation set; "
+        raise SplitError(
+            f"split.val_fraction {val_fraction} of {len(pool)} images leaves an empty train or validation set; "
             f"use more images (split.max_train_images) or another split.val_fraction"
         )
     val_local, train_local = stratified_take(labels[pool], n_val, rng)
-    return pool[train_local], pool[val_local]
+    train, val = pool[train_local], pool[val_local]
+    classes = np.unique(labels)
+    for part, indices in (("training", train), ("validation", val)):
+        missing = np.setdiff1d(classes, labels[indices])
+        if len(missing):
+            raise SplitError(
+                f"the {part} set has no image of {len(missing)} of the {len(classes)} classes "
+                f"(e.g. class {int(missing[0])}) with {len(pool)} images and split.val_fraction {val_fraction}; "
+                f"raise split.max_train_images (or set it to null) or change split.val_fraction"
+            )
+    return train, val
 
 
 def select_test_images(labels: np.ndarray, max_images: int | None, seed: int) -> np.ndarray:

@@ -14,11 +14,14 @@ import hashlib
 import os
 import subprocess
 import time
+import urllib.error
+import urllib.request
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import mlflow
 import numpy as np
@@ -86,14 +89,69 @@ def _store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+STORE_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+PREFLIGHT_TIMEOUT_S = 10.0
+
+
+def _where(uri: str) -> str:
+    """The URI, and whether the user chose it (MLflow itself exports the default once it is set)."""
+    chosen = os.environ.get("MLFLOW_TRACKING_URI") not in (None, "", default_uri())
+    return f"{uri} (from MLFLOW_TRACKING_URI)" if chosen else uri
+
+
+def check_store(uri: str) -> None:
+    """Fail in seconds, in one line, on a store MLflow cannot use.
+
+    MLflow itself retries an unreachable server for minutes and then raises chained
+    tracebacks, and reports an unknown scheme as a registry exception.
+    """
+    scheme = urlparse(uri).scheme.split("+")[0]
+    if len(scheme) > 1 and scheme not in STORE_SCHEMES:
+        raise TrackingError(
+            f"MLflow tracking URI {_where(uri)} has the unsupported scheme '{scheme}'; "
+            f"use one of {', '.join(STORE_SCHEMES)} (e.g. sqlite:///mlflow.db or http://host:5000), "
+            f"or unset MLFLOW_TRACKING_URI for the project's mlflow.db"
+        )
+    if scheme in ("http", "https"):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PREFLIGHT_TIMEOUT_S):  # noqa: S310
+                pass
+        except urllib.error.HTTPError:
+            pass  # it answered: a server (perhaps one that wants a login for /health) is there
+        except (urllib.error.URLError, OSError) as err:
+            raise TrackingError(
+                f"cannot reach the MLflow tracking server {_where(uri)}: {getattr(err, 'reason', err)}; "
+                f"start it, fix MLFLOW_TRACKING_URI, or unset it to use the project's mlflow.db"
+            ) from None
+
+
 def configure() -> str:
     """Point MLflow at the store and return the experiment id, creating the experiment once."""
     uri = tracking_uri()
+    check_store(uri)
     mlflow.set_tracking_uri(uri)  # note: MLflow also exports it as MLFLOW_TRACKING_URI
     with _store_lock(uri):
-        client = MlflowClient()
         name = experiment_name()
-        experiment = client.get_experiment_by_name(name)
+        try:
+            client = MlflowClient()
+            experiment = client.get_experiment_by_name(name)
+        except Exception as err:  # SQLAlchemy, a server's answer, a broken file: the store is unusable
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            advice = (
+                "move the file away (a new one is made) or set MLFLOW_TRACKING_URI"
+                if uri.startswith("sqlite:")
+                else "check MLFLOW_TRACKING_URI"
+            )
+            raise TrackingError(
+                f"the MLflow store {_where(uri)} cannot be used: it is not an MLflow database or server "
+                f"({type(err).__name__}: {first_line[:300]}); {advice}"
+            ) from None
+        if experiment is not None and experiment.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"the MLflow experiment '{name}' (id {experiment.experiment_id}) is deleted (in MLflow's trash); "
+                f"restore it with `mlflow experiments restore --experiment-id {experiment.experiment_id}` "
+                f"(MLFLOW_TRACKING_URI={uri}), or set MLFLOW_EXPERIMENT_NAME to another name"
+            )
         if experiment is not None:
             # Stores made before these tags existed get them; a description a person edited stays.
             for key, value in EXPERIMENT_TAGS.items():
@@ -138,8 +196,11 @@ def run_name(dataset: str) -> str:
 
 
 @contextmanager
-def _ending() -> Iterator[None]:
-    """End the active run as FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED with the reason: never RUNNING."""
+def _ending(run_id: str) -> Iterator[None]:
+    """End the active run as FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED with the reason: never RUNNING.
+
+    A run that failed once and then finished when resumed loses its old `failure` tag.
+    """
     try:
         yield
     except KeyboardInterrupt:
@@ -149,7 +210,19 @@ def _ending() -> Iterator[None]:
         mlflow.set_tag("failure", f"{type(err).__name__}: {err}"[:4000])
         mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
         raise
+    client = MlflowClient()
+    if "failure" in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, "failure")
     mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def abandon_run(run_id: str, reason: str) -> None:
+    """End an interrupted run FAILED with `reason` when it cannot be resumed (its checkpoint is corrupt)."""
+    configure()
+    if _exists(run_id):
+        client = MlflowClient()
+        client.set_tag(run_id, "failure", reason[:4000])
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
 
 
 def _exists(run_id: str) -> bool:
@@ -171,7 +244,7 @@ def training_run(dataset: str, params: dict[str, Any], resume_id: str | None = N
         run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name(dataset), tags=run_tags(dataset))
         mlflow.log_params(params)
         resumed = False
-    with _ending():
+    with _ending(run.info.run_id):
         yield run.info.run_id, resumed
 
 
@@ -194,7 +267,7 @@ def reopen_run(run_id: str) -> Iterator[None]:
             f"store (MLFLOW_TRACKING_URI?) or the store was deleted: retrain with `dvc repro --force train@<dataset>`"
         )
     mlflow.start_run(run_id=run_id)
-    with _ending():
+    with _ending(run_id):
         yield
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from cifar_pipeline import tracking
-from cifar_pipeline.checkpoint import Checkpoints, TrainingState, fingerprint
+from cifar_pipeline.checkpoint import CheckpointError, Checkpoints, TrainingState, fingerprint
 from cifar_pipeline.errors import PipelineError
 from cifar_pipeline.figures import training_curves
 from cifar_pipeline.hardware import has_gpu, precision_policy
@@ -132,7 +132,15 @@ def train(
     keras.mixed_precision.set_global_policy(policy)
     checkpoints = Checkpoints(dataset, fingerprint(dataset, params, split_dir, stats_json))
     saved = checkpoints.load()
-    classifier = checkpoints.load_model(saved) if saved else None
+    classifier = None
+    if saved:
+        try:
+            classifier = checkpoints.load_model(saved)
+        except CheckpointError as err:
+            # Its run cannot continue: end it FAILED with the reason, and start a new one.
+            tracking.abandon_run(saved.run_id, f"{err}; retrained from scratch in a new run")
+            checkpoints.discard(str(err))
+            saved = None
     if classifier is None:
         classifier = new_classifier(settings, len(classes), stats, len(train_images))
     logged_params = {

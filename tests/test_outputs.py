@@ -1,0 +1,98 @@
+"""Stage outputs: only folders the pipeline made are replaced; checks can hold an output back."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from cifar_pipeline import cli, outputs
+from cifar_pipeline.outputs import MARKER, OutputError, atomic_dir, atomic_file
+from project import ROOT
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_checks():
+    yield
+    outputs.clear_commit_checks()
+
+
+def test_a_stage_folder_carries_the_marker_and_can_be_replaced(tmp_path):
+    out = tmp_path / "out"
+    with atomic_dir(out) as tmp:
+        (tmp / "a.npy").write_text("1")
+    assert (out / MARKER).is_file()
+    with atomic_dir(out) as tmp:
+        (tmp / "b.npy").write_text("2")
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "b.npy"]
+
+
+def test_an_empty_folder_is_replaced(tmp_path):
+    (tmp_path / "out").mkdir()
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "a.npy").write_text("1")
+    assert (tmp_path / "out/a.npy").is_file()
+
+
+@pytest.mark.parametrize("target", [".", "data", "theirs"])
+def test_a_folder_someone_else_made_is_refused_before_any_work_and_kept(tmp_path, monkeypatch, target):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/.gitignore").write_text("/raw\n")
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs/notes.txt").write_text("mine")
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    worked = []
+    refused = rf"refusing to replace {target}: it is a folder this pipeline did not make"
+    with pytest.raises(OutputError, match=refused), atomic_dir(Path(target)):
+        worked.append(True)
+    assert not worked
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_file_in_the_way_is_refused(tmp_path):
+    (tmp_path / "out").write_text("someone's file")
+    with pytest.raises(OutputError, match="it is a file this pipeline did not make"), atomic_dir(tmp_path / "out"):
+        pass
+    assert (tmp_path / "out").read_text() == "someone's file"
+
+
+def test_a_write_error_without_a_path_gets_the_outputs_path(tmp_path):
+    with pytest.raises(OSError) as caught, atomic_dir(tmp_path / "raw"):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as numpy's writes raise it
+    assert caught.value.filename == str(tmp_path / "raw")
+    assert "no space left on the device writing" in cli.file_system_problem(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_params_changed_during_the_stage_keep_its_output_back(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("dvc.yaml", "params.yaml"):
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    cli.guard_params("train.py", "cifar10")
+    text = (tmp_path / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(text.replace("learning_rate: 0.005", "learning_rate: 1e-4"))
+    changed = r"train.learning_rate 0.005 -> 0.0001; .*run `dvc repro` again"
+    with pytest.raises(cli.ParamsChanged, match=changed), atomic_dir(tmp_path / "models/cifar10") as tmp:
+        (tmp / "model.keras").write_text("weights")
+    assert not (tmp_path / "models/cifar10").exists()
+    with pytest.raises(cli.ParamsChanged), atomic_file(tmp_path / "plots.csv") as tmp:
+        tmp.write_text("epoch\n")
+    assert not (tmp_path / "plots.csv").exists()
+    # bookkeeping (checkpoints) is not an output: it is never held back
+    with atomic_file(tmp_path / "state.json", output=False) as tmp:
+        tmp.write_text("{}")
+    assert (tmp_path / "state.json").is_file()
+
+
+def test_params_another_stage_reads_may_change(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("dvc.yaml", "params.yaml"):
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    cli.guard_params("split.py", "cifar10")
+    text = (tmp_path / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(text.replace("epochs: 200", "epochs: 3"))
+    with atomic_dir(tmp_path / "data/split/cifar10") as tmp:
+        (tmp / "x.npy").write_text("1")
+    assert (tmp_path / "data/split/cifar10/x.npy").is_file()
