@@ -20,7 +20,11 @@ def archive_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def archives(archive_dir: Path) -> dict[str, tuple[Path, str]]:
-    """dataset -> (archive path, md5): CIFAR-10 with 5x60 train / 60 test, CIFAR-100 with 1,000 / 100 (one validation image per class at val_fraction 0.1)."""
+    """dataset -> (archive path, md5): CIFAR-10 with 5x60 train / 60 test, CIFAR-100 with 1,000 / 100.
+
+    1,000 CIFAR-100 images are the fewest that give every class a validation image at
+    val_fraction 0.1, which the split stage requires.
+    """
     sizes = {"cifar10": (60, 60), "cifar100": (1000, 100)}
     result = {}
     for dataset, (train, test) in sizes.items():
