@@ -11,10 +11,15 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
+import tarfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+import keras
 import mlflow
 import numpy as np
 import pytest
@@ -61,7 +66,11 @@ def test_first_repro_runs_every_stage_and_writes_every_output(project):
     ran = stages_run(output)
     assert sorted(ran) == sorted(
         ["check_params"]
-        + [f"{stage}@{d}" for stage in ("download", "split", "normalize", "train", "evaluate") for d in DATASETS]
+        + [
+            f"{stage}@{d}"
+            for stage in ("download", "split", "normalize", "train", "evaluate", "register")
+            for d in DATASETS
+        ]
     )
     assert (path / "data/params-checked.txt").is_file()
     for d in DATASETS:
@@ -172,6 +181,161 @@ def test_offline_plots_template_inlines_vega(project):
     assert "vegaEmbed" in html and "plots_loss_cifar10_csv" in html
 
 
+def registry(project_dir: Path):
+    client(project_dir)
+    return MlflowClient()
+
+
+def test_each_evaluated_model_is_a_registered_version_with_tags_and_aliases(project):
+    path, output = project
+    c = registry(path)
+    for d in DATASETS:
+        [run] = runs_by_dataset(path)[d]
+        version = c.get_model_version_by_alias(d, "champion")
+        assert str(version.version) == str(c.get_model_version_by_alias(d, "newest").version) == "1"
+        assert version.run_id == run.info.run_id
+        tags = version.tags
+        assert float(tags["test_accuracy"]) == pytest.approx(run.data.metrics["test_accuracy"])
+        assert {"test_loss", "test_top5_accuracy", "test_set_digest", "git_commit", "param.train.epochs"} <= set(tags)
+        assert tags["champion_decision"] == "no champion yet"
+        record = json.loads((path / f"registry/{d}.json").read_text())
+        assert record["registered_model"] == d and record["version"] == 1 and record["champion"]
+        assert f"registered {d} v1" in output
+
+
+def predict(path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run(path, "cifar-predict", *args, check=check)
+
+
+@pytest.fixture(scope="module")
+def user_inputs(project, archives, tmp_path_factory):
+    """What users have: odd-sized photos in several modes, a folder, a .npy, an official batch."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (47, 61, 3), dtype=np.uint8)).save(folder / "odd.png")
+    Image.fromarray(rng.integers(0, 256, (80, 50), dtype=np.uint8), "L").save(folder / "grey.jpg")
+    Image.fromarray(rng.integers(0, 256, (33, 33, 4), dtype=np.uint8), "RGBA").save(folder / "alpha.png")
+    np.save(folder / "three.npy", rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8))
+    with tarfile.open(archives["cifar10"][0]) as tar:
+        (folder / "test_batch.bin").write_bytes(tar.extractfile("cifar-10-batches-bin/test_batch.bin").read())
+    with tarfile.open(archives["cifar100"][0]) as tar:
+        (folder / "c100_test.bin").write_bytes(tar.extractfile("cifar-100-binary/test.bin").read())
+    return folder
+
+
+def test_predict_prints_the_models_own_top5_for_every_kind_of_input(project, user_inputs):
+    from cifar_pipeline.images import read_inputs
+    from cifar_pipeline.predict import top_k
+
+    path, _ = project
+    images = user_inputs
+    model = keras.models.load_model(path / "models/cifar10/model.keras")
+    names = json.loads((path / "models/cifar10/classes.json").read_text())["names"]
+    inputs = [
+        images / "odd.png",
+        images / "grey.jpg",
+        images / "alpha.png",
+        images / "three.npy",
+        images / "test_batch.bin",
+    ]
+    expected = read_inputs(inputs, 10)
+    want = top_k(model.predict(expected.images, verbose=0), names)
+    run_id = runs_by_dataset(path)["cifar10"][0].info.run_id
+    for source in ("models:/cifar10@champion", f"runs:/{run_id}/model", "models/cifar10/model.keras"):
+        out = json.loads(predict(path, source, *map(str, inputs), "--format", "json").stdout)
+        assert [row["input"] for row in out] == expected.names
+        got = [[(p["class"], p["probability"]) for p in row["top5"]] for row in out]
+        for g, w in zip(got, want, strict=True):
+            assert [c for c, _ in g] == [c for c, _ in w]
+            np.testing.assert_allclose([p for _, p in g], [p for _, p in w], atol=1e-5)
+    table = predict(path, "models:/cifar10@champion", str(images)).stdout  # a folder: its three images
+    assert table.splitlines()[0].startswith("input") and len(table.splitlines()) == 4 and "odd.png" in table
+    csv_out = predict(path, "models:/cifar10@champion", str(images / "odd.png"), "--format", "csv").stdout
+    assert csv_out.splitlines()[0] == "input,rank,class,probability" and len(csv_out.splitlines()) == 6
+
+
+@pytest.mark.parametrize(
+    ("model", "given", "message"),
+    [
+        ("models:/cifar10@nosuch", "odd.png", "cannot load models:/cifar10@nosuch"),
+        ("models:/cifar10@champion", "three.npy.txt", "is not an image"),
+        ("models:/cifar10@champion", "empty", "holds no images"),
+        ("models:/cifar10@champion", "wrong.npy", "expected uint8 (N, 32, 32, 3)"),
+        ("models:/cifar10@champion", "c100_test.bin", "is a cifar100 batch, but the model has 10 classes"),
+        ("models:/cifar100@champion", "test_batch.bin", "is a cifar10 batch, but the model has 100 classes"),
+    ],
+)
+def test_predict_bad_input_is_one_line(project, user_inputs, model, given, message):
+    path, _ = project
+    (user_inputs / "three.npy.txt").write_text("not an image")
+    (user_inputs / "empty").mkdir(exist_ok=True)
+    np.save(user_inputs / "wrong.npy", np.zeros((2, 28, 28), np.float32))
+    result = predict(path, model, str(user_inputs / given), check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+
+
+def test_predict_without_a_reachable_registry_is_one_line(project, user_inputs):
+    path, _ = project
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = subprocess.run(
+        ["cifar-predict", "models:/cifar10@champion", str(user_inputs / "odd.png")],
+        cwd=path,
+        env=environment() | {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "cannot reach the MLflow tracking server" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_mlflow_serves_the_champion_over_http(project):
+    """The README's `mlflow models serve` line, and a request as the README's curl sends it."""
+    path, _ = project
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = environment() | {"MLFLOW_TRACKING_URI": f"sqlite:///{path / 'mlflow.db'}"}
+    server = subprocess.Popen(
+        ["mlflow", "models", "serve", "-m", "models:/cifar10@champion", "--env-manager", "local", "-p", str(port)],
+        cwd=path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/invocations"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).close()
+                break
+            except OSError:
+                assert server.poll() is None, "mlflow models serve exited"
+                time.sleep(1)
+        images = np.load(path / "data/split/cifar10/test_images.npy")[:2]
+        body = json.dumps({"inputs": images.tolist()}).encode()
+        request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            served = np.asarray(json.loads(response.read())["predictions"])
+        model = keras.models.load_model(path / "models/cifar10/model.keras")
+        np.testing.assert_allclose(served, model.predict(images, verbose=0), atol=1e-5)
+        wrong = json.dumps({"inputs": np.zeros((1, 28, 28), np.uint8).tolist()}).encode()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(url, wrong, {"Content-Type": "application/json"}), timeout=60)
+        assert refused.value.code == 400
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
 def test_second_repro_runs_nothing(project):
     path, _ = project
     output = run(path, "dvc", "repro").stdout
@@ -183,18 +347,29 @@ def test_changing_epochs_reruns_only_train_and_evaluate(project):
     path, _ = project
     edit_params(path, lambda p: p["train"].update(epochs=3))
     ran = stages_run(run(path, "dvc", "repro").stdout)
-    assert sorted(ran) == sorted(f"{stage}@{d}" for stage in ("train", "evaluate") for d in DATASETS)
+    assert sorted(ran) == sorted(f"{stage}@{d}" for stage in ("train", "evaluate", "register") for d in DATASETS)
     c = client(path)
     for found in runs_by_dataset(path).values():
         assert len(found) == 2
         assert [m.step for m in c.get_metric_history(found[-1].info.run_id, "val_loss")] == [1, 2, 3]
+    # the second model is version 2; it takes champion exactly when it beats version 1 on the same test set
+    r = registry(path)
+    for d in DATASETS:
+        v1, v2 = (r.get_model_version(d, str(n)) for n in (1, 2))
+        assert v1.tags["test_set_digest"] == v2.tags["test_set_digest"]
+        better = float(v2.tags["test_accuracy"]) > float(v1.tags["test_accuracy"])
+        assert str(r.get_model_version_by_alias(d, "champion").version) == ("2" if better else "1")
+        assert str(r.get_model_version_by_alias(d, "newest").version) == "2"
+        assert json.loads((path / f"registry/{d}.json").read_text())["champion"] == better
 
 
 def test_a_cifar100_only_param_leaves_cifar10_alone(project):
     path, _ = project
     edit_params(path, lambda p: p["data"]["cifar100"].update(label_mode="coarse"))
     ran = stages_run(run(path, "dvc", "repro").stdout)
-    assert sorted(ran) == sorted(f"{stage}@cifar100" for stage in ("split", "normalize", "train", "evaluate"))
+    assert sorted(ran) == sorted(
+        f"{stage}@cifar100" for stage in ("split", "normalize", "train", "evaluate", "register")
+    )
     latest = runs_by_dataset(path)["cifar100"][-1]
     assert latest.data.params["num_classes"] == "20"
     assert json.loads((path / "data/split/cifar100/classes.json").read_text())["label_mode"] == "coarse"
@@ -208,10 +383,20 @@ def test_a_new_url_for_the_same_archive_reruns_only_its_download(project, archiv
 
 def test_a_split_param_reruns_split_onwards_for_every_dataset(project):
     path, _ = project
-    edit_params(path, lambda p: p["split"].update(seed=43))
+    r = registry(path)
+    names = {d: json.loads((path / f"registry/{d}.json").read_text())["registered_model"] for d in DATASETS}
+    assert names == {"cifar10": "cifar10", "cifar100": "cifar100-coarse"}  # label_mode is coarse by now
+    champions = {d: str(r.get_model_version_by_alias(names[d], "champion").version) for d in DATASETS}
+    # a smaller test set: whatever these models score, they never dethrone a champion scored on all of it
+    edit_params(path, lambda p: p["split"].update(seed=43, max_test_images=20))
     ran = stages_run(run(path, "dvc", "repro").stdout)
-    expected = [f"{stage}@{d}" for stage in ("split", "normalize", "train", "evaluate") for d in DATASETS]
+    expected = [f"{stage}@{d}" for stage in ("split", "normalize", "train", "evaluate", "register") for d in DATASETS]
     assert sorted(ran) == sorted(expected)
+    for d in DATASETS:
+        record = json.loads((path / f"registry/{d}.json").read_text())
+        assert not record["champion"] and "another test set" in record["decision"]
+        assert str(r.get_model_version_by_alias(names[d], "champion").version) == champions[d]
+        assert str(r.get_model_version_by_alias(names[d], "newest").version) == str(record["version"])
 
 
 def test_another_archive_reruns_every_stage_of_that_dataset_only(project, tmp_path):
@@ -220,7 +405,7 @@ def test_another_archive_reruns_every_stage_of_that_dataset_only(project, tmp_pa
     md5 = build_archive(other, "cifar10", train_per_file=60, test=60, seed=1)
     edit_params(path, lambda p: p["data"]["cifar10"].update(url=str(other), md5=md5))
     ran = stages_run(run(path, "dvc", "repro").stdout)
-    stages = ("download", "split", "normalize", "train", "evaluate")
+    stages = ("download", "split", "normalize", "train", "evaluate", "register")
     assert sorted(ran) == sorted(f"{stage}@cifar10" for stage in stages)
 
 

@@ -5,18 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import keras
 import mlflow
 import numpy as np
 
 from cifar_pipeline import tracking
+from cifar_pipeline.errors import PipelineError
 from cifar_pipeline.figures import confusion_matrix
-from cifar_pipeline.layout import MODEL_FILE, RUN_FILE
+from cifar_pipeline.inference import load_model
+from cifar_pipeline.layout import RUN_FILE
 from cifar_pipeline.outputs import atomic_file, load_array, read_json, write_csv, write_json
 
 EPSILON = 1e-7  # Keras clips probabilities the same way before taking the log
-
-PREDICT_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -75,8 +74,12 @@ def evaluate_model(
     """Score the saved model on raw uint8 test images (exactly what users will feed it)."""
     names = read_json(split_dir / "classes.json")["names"]
     labels = load_array(split_dir, "test_labels", mmap=False)
-    model = keras.models.load_model(model_dir / MODEL_FILE)
-    probabilities = model.predict(load_array(split_dir, "test_images", mmap=False), batch_size=PREDICT_BATCH, verbose=0)
+    model = load_model(model_dir)  # what `predict` loads: the same code, the same graph
+    if model.class_names != names:
+        raise PipelineError(
+            f"{model_dir} was trained on other classes than {split_dir} holds; run `dvc repro` to retrain it"
+        )
+    probabilities = model.predict(load_array(split_dir, "test_images", mmap=False))
     result = evaluate_probabilities(probabilities, labels)
     per_class = result.per_class(names)
     missing = [name for name, row in per_class.items() if not row["test_images"]]

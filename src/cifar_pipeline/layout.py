@@ -6,3 +6,4 @@ import, and so in dvc.yaml does not depend on, the code that trains one.
 
 MODEL_FILE = "model.keras"
 RUN_FILE = "mlflow_run.json"
+CLASSES_FILE = "classes.json"  # beside the model: {"names": [...], "dataset": ..., "label_mode": ...}

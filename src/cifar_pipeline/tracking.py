@@ -125,11 +125,17 @@ def check_store(uri: str) -> None:
             ) from None
 
 
-def configure() -> str:
-    """Point MLflow at the store and return the experiment id, creating the experiment once."""
+def use_store() -> str:
+    """Point MLflow (tracking and registry) at the project's store, checked; no experiment is made."""
     uri = tracking_uri()
     check_store(uri)
     mlflow.set_tracking_uri(uri)  # note: MLflow also exports it as MLFLOW_TRACKING_URI
+    return uri
+
+
+def configure() -> str:
+    """Point MLflow at the store and return the experiment id, creating the experiment once."""
+    uri = use_store()
     with _store_lock(uri):
         name = experiment_name()
         try:

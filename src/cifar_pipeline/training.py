@@ -16,7 +16,7 @@ from cifar_pipeline.errors import PipelineError
 from cifar_pipeline.figures import training_curves
 from cifar_pipeline.hardware import has_gpu, precision_policy
 from cifar_pipeline.input_pipeline import evaluation_dataset, steps_per_epoch, training_dataset
-from cifar_pipeline.layout import MODEL_FILE, RUN_FILE
+from cifar_pipeline.layout import CLASSES_FILE, MODEL_FILE, RUN_FILE
 from cifar_pipeline.model import build_classifier, exportable
 from cifar_pipeline.normalize import ChannelStats
 from cifar_pipeline.outputs import atomic_dir, load_array, read_json, write_csv, write_json
@@ -185,10 +185,13 @@ def train(
         )
         model = exportable(classifier)
         mlflow.log_figure(training_curves(state.rows, f"{dataset}: training curves"), "plots/training_curves.png")
-        log_model(model, sample=val_images[:8])
+        label_mode = read_json(split_dir / "classes.json")["label_mode"]
+        about = {"names": classes, "dataset": dataset, "label_mode": label_mode}
+        model_uri = log_model(model, sample=val_images[:8], about=about)
         with atomic_dir(model_dir) as tmp:
             model.save(tmp / MODEL_FILE)
-            write_json(tmp / RUN_FILE, {"run_id": run_id})
+            write_json(tmp / RUN_FILE, {"run_id": run_id, "model_uri": model_uri})
+            write_json(tmp / CLASSES_FILE, about)  # the class names travel with the model
         for path, keys in ((loss_csv, LOSS_KEYS), (accuracy_csv, ACCURACY_KEYS)):
             columns = ("epoch", *keys)
             write_csv(path, list(columns), ([row[key] for key in columns] for row in state.rows))
@@ -196,14 +199,19 @@ def train(
     return run_id
 
 
-def log_model(model: keras.Model, sample: np.ndarray) -> None:
-    """Keras flavour with a uint8 signature, so pyfunc users pass raw images."""
+def log_model(model: keras.Model, sample: np.ndarray, about: dict) -> str:
+    """Keras flavour with a uint8 signature, so pyfunc users pass raw images.
+
+    The class names (and dataset, label mode) go into the model's metadata, so whoever
+    loads it by `runs:/` or `models:/` URI gets them with it.
+    """
     sample = np.asarray(sample, dtype=np.uint8)
     signature = mlflow.models.infer_signature(sample, model.predict(sample, verbose=0))
-    mlflow.keras.log_model(
+    info = mlflow.keras.log_model(
         model,
         name="model",
         signature=signature,
+        metadata={"class_names": about["names"], "dataset": about["dataset"], "label_mode": about["label_mode"]},
         # Pinned from what trained the model; skips MLflow's slow requirement inference.
         pip_requirements=[
             f"keras=={keras.__version__}",
@@ -211,3 +219,4 @@ def log_model(model: keras.Model, sample: np.ndarray) -> None:
             f"mlflow=={mlflow.__version__}",
         ],
     )
+    return info.model_uri  # models:/m-<id>: what the register stage registers

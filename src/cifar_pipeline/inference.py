@@ -1,0 +1,90 @@
+"""A trained model, from wherever it lives, with its class names: evaluate and `predict` share this.
+
+Three sources: a model folder or `.keras` file (the train stage's `models/<dataset>/`, class
+names in `classes.json` beside it), and the MLflow URIs `runs:/<id>/model` and
+`models:/<name>@<alias>` or `models:/<name>/<version>` (class names in the logged
+model's metadata). Every source takes raw uint8 images (N, 32, 32, 3): the model
+normalises its own input, so there is no preprocessing to repeat here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cifar_pipeline import tracking
+from cifar_pipeline.errors import PipelineError
+from cifar_pipeline.layout import CLASSES_FILE, MODEL_FILE
+from cifar_pipeline.outputs import read_json
+
+PREDICT_BATCH = 500
+
+
+class ModelLoadError(PipelineError):
+    """The model named cannot be found or loaded."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    source: str
+    class_names: list[str]
+    predict_fn: Callable[[np.ndarray], np.ndarray]
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, classes) for uint8 images (N, 32, 32, 3)."""
+        return np.asarray(self.predict_fn(np.asarray(images, dtype=np.uint8)), dtype=np.float64)
+
+
+def is_mlflow_uri(source: str) -> bool:
+    return source.startswith(("models:/", "runs:/"))
+
+
+def load_model(source: str | Path) -> LoadedModel:
+    text = str(source)
+    return _load_mlflow(text) if is_mlflow_uri(text) else _load_keras(Path(text))
+
+
+def _load_keras(path: Path) -> LoadedModel:
+    import keras
+
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise ModelLoadError(
+            f"no model at {path}: give a model folder (models/<dataset>), a .keras file, "
+            f"runs:/<run id>/model or models:/<name>@<alias>"
+        )
+    classes = path.parent / CLASSES_FILE
+    if not classes.is_file():
+        raise ModelLoadError(f"{path} has no {CLASSES_FILE} beside it, so its class names are unknown; retrain it")
+    try:
+        model = keras.models.load_model(path)
+    except Exception as err:  # Keras raises ValueError, OSError, zip errors for a file that is not a model
+        raise ModelLoadError(
+            f"{path} is not a Keras model this package can load ({type(err).__name__}: {err})"
+        ) from None
+    return LoadedModel(
+        str(path), read_json(classes)["names"], lambda x: model.predict(x, batch_size=PREDICT_BATCH, verbose=0)
+    )
+
+
+def _load_mlflow(uri: str) -> LoadedModel:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    tracking.use_store()
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    except MlflowException as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(
+            f"cannot load {uri} from {tracking.tracking_uri()}: {first[:300]}; check the name, alias or run id "
+            f"(`mlflow ui` lists them under Models)"
+        ) from None
+    names = (model.metadata.metadata or {}).get("class_names")
+    if not names:
+        raise ModelLoadError(f"{uri} carries no class names in its metadata (logged by an older version); retrain it")
+    return LoadedModel(uri, list(names), lambda x: np.asarray(model.predict(x)))
