@@ -66,10 +66,17 @@ def test_a_write_error_without_a_path_gets_the_outputs_path(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_params_changed_during_the_stage_keep_its_output_back(tmp_path, monkeypatch):
+@pytest.fixture
+def project_root(tmp_path, monkeypatch):
+    """A folder with the project's dvc.yaml and params.yaml, as the working folder."""
     monkeypatch.chdir(tmp_path)
     for name in ("dvc.yaml", "params.yaml"):
         (tmp_path / name).write_text((ROOT / name).read_text())
+    return tmp_path
+
+
+def test_params_changed_during_the_stage_keep_its_output_back(project_root):
+    tmp_path = project_root
     cli.guard_params("train.py", "cifar10")
     text = (tmp_path / "params.yaml").read_text()
     (tmp_path / "params.yaml").write_text(text.replace("learning_rate: 0.005", "learning_rate: 1e-4"))
@@ -86,10 +93,8 @@ def test_params_changed_during_the_stage_keep_its_output_back(tmp_path, monkeypa
     assert (tmp_path / "state.json").is_file()
 
 
-def test_params_another_stage_reads_may_change(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    for name in ("dvc.yaml", "params.yaml"):
-        (tmp_path / name).write_text((ROOT / name).read_text())
+def test_params_another_stage_reads_may_change(project_root):
+    tmp_path = project_root
     cli.guard_params("split.py", "cifar10")
     text = (tmp_path / "params.yaml").read_text()
     (tmp_path / "params.yaml").write_text(text.replace("epochs: 200", "epochs: 3"))

@@ -86,7 +86,8 @@ def evaluate_model(
 
     run_id = read_json(model_dir / RUN_FILE)["run_id"]
     with tracking.reopen_run(run_id):
-        trained = mlflow.get_run(run_id).data.params  # the archive the model was trained from
+        run = mlflow.get_run(run_id)
+        trained = run.data.params  # the archive the model was trained from
         if "data.md5" in trained:  # runs logged before dataset-neutral keys have no record of it
             tracking.log_images_input(
                 dataset,
@@ -97,8 +98,7 @@ def evaluate_model(
                 load_array(split_dir, "test_indices"),
             )
         # Once: a rerun after a kill must not append the same values to the metric history again.
-        logged = mlflow.get_run(run_id).data.metrics
-        mlflow.log_metrics({k: v for k, v in result.metrics().items() if logged.get(k) != v})
+        mlflow.log_metrics({k: v for k, v in result.metrics().items() if run.data.metrics.get(k) != v})
         mlflow.log_dict(per_class, "metrics/per_class_accuracy.json")  # None = no test images
         mlflow.log_figure(
             confusion_matrix(result.confusion, names, f"{dataset}: test confusion matrix"), "plots/confusion_matrix.png"

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cifar_pipeline import tracking
-from cifar_pipeline.errors import PipelineError
+from cifar_pipeline.errors import PipelineError, first_line
 from cifar_pipeline.layout import CLASSES_FILE, MODEL_FILE
 from cifar_pipeline.outputs import read_json
 
@@ -79,9 +79,8 @@ def _load_mlflow(uri: str) -> LoadedModel:
     try:
         model = mlflow.pyfunc.load_model(uri)
     except MlflowException as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(
-            f"cannot load {uri} from {tracking.tracking_uri()}: {first[:300]}; check the name, alias or run id "
+            f"cannot load {uri} from {tracking.tracking_uri()}: {first_line(err)}; check the name, alias or run id "
             f"(`mlflow ui` lists them under Models)"
         ) from None
     names = (model.metadata.metadata or {}).get("class_names")

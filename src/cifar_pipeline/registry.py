@@ -23,7 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from cifar_pipeline import tracking
-from cifar_pipeline.errors import PipelineError
+from cifar_pipeline.errors import PipelineError, first_line
 from cifar_pipeline.layout import RUN_FILE
 from cifar_pipeline.outputs import atomic_file, load_array, read_json, write_json
 
@@ -70,8 +70,10 @@ def _alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
 
 def register_model(dataset: str, split_dir: Path, model_dir: Path, metrics_json: Path, out_json: Path) -> None:
     """Register the evaluated model (once per run), tag it, move `newest` and maybe `champion`."""
-    run_id = read_json(model_dir / RUN_FILE)["run_id"]
+    trained = read_json(model_dir / RUN_FILE)
+    run_id = trained["run_id"]
     metrics = read_json(metrics_json)
+    test_indices = load_array(split_dir, "test_indices")
     uri = tracking.use_store()
     client = MlflowClient()
     try:
@@ -83,11 +85,11 @@ def register_model(dataset: str, split_dir: Path, model_dir: Path, metrics_json:
     params = run.data.params
     label_mode = params["data.label_mode"]
     name = registered_name(dataset, label_mode)
-    digest = tracking.images_digest(params["data.md5"], label_mode, load_array(split_dir, "test_indices"))
+    digest = tracking.images_digest(params["data.md5"], label_mode, test_indices)
     tags = {
         **{key: str(value) for key, value in metrics.items()},
         TEST_SET_TAG: digest,
-        "test_images": str(len(load_array(split_dir, "test_indices"))),
+        "test_images": str(len(test_indices)),
         "dvc_experiment": run.data.tags.get("dvc_experiment", ""),
         "git_commit": run.data.tags.get("git_commit", ""),
         **{
@@ -96,7 +98,7 @@ def register_model(dataset: str, split_dir: Path, model_dir: Path, metrics_json:
             if key in SHAPING_PARAMS or key.startswith(("split.", "train."))
         },
     }
-    model_uri = read_json(model_dir / RUN_FILE).get("model_uri") or f"runs:/{run_id}/model"
+    model_uri = trained.get("model_uri") or f"runs:/{run_id}/model"
     version = None
     created = False
     try:
@@ -116,8 +118,7 @@ def register_model(dataset: str, split_dir: Path, model_dir: Path, metrics_json:
         if created:  # no half-registered version: it goes, and the rerun registers it whole
             with contextlib.suppress(MlflowException):
                 client.delete_model_version(name, version.version)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RegistryError(f"the model registry at {uri} refused: {first[:300]}; run `dvc repro` again") from None
+        raise RegistryError(f"the model registry at {uri} refused: {first_line(err)}; run `dvc repro` again") from None
     outcome = "is now champion" if decision.champion else "did not take champion"
     where = f"models:/{name}/{version.version}"
     print(f"{dataset}: registered {name} v{version.version} ({where}); {outcome}: {decision.reason}")

@@ -32,7 +32,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 
-from cifar_pipeline.errors import PipelineError
+from cifar_pipeline.errors import PipelineError, first_line
 
 EXPERIMENT_NAME = "cifar"
 # MLflow 3's UI shows an experiment of this kind as model training (runs, charts), not GenAI traces.
@@ -142,7 +142,6 @@ def configure() -> str:
             client = MlflowClient()
             experiment = client.get_experiment_by_name(name)
         except Exception as err:  # SQLAlchemy, a server's answer, a broken file: the store is unusable
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             advice = (
                 "move the file away (a new one is made) or set MLFLOW_TRACKING_URI"
                 if uri.startswith("sqlite:")
@@ -150,7 +149,7 @@ def configure() -> str:
             )
             raise TrackingError(
                 f"the MLflow store {_where(uri)} cannot be used: it is not an MLflow database or server "
-                f"({type(err).__name__}: {first_line[:300]}); {advice}"
+                f"({type(err).__name__}: {first_line(err)}); {advice}"
             ) from None
         if experiment is not None and experiment.lifecycle_stage == "deleted":
             raise TrackingError(
