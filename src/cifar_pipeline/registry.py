@@ -76,12 +76,7 @@ def register_model(dataset: str, split_dir: Path, model_dir: Path, metrics_json:
     test_indices = load_array(split_dir, "test_indices")
     uri = tracking.use_store()
     client = MlflowClient()
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise RegistryError(
-            f"MLflow run {run_id} is not in the store {uri}; retrain with `dvc repro --force train@{dataset}`"
-        ) from None
+    run = tracking.training_run_of(run_id, dataset)
     params = run.data.params
     label_mode = params["data.label_mode"]
     name = registered_name(dataset, label_mode)

@@ -27,7 +27,7 @@ import mlflow
 import numpy as np
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import RunStatus
+from mlflow.entities import Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
@@ -262,15 +262,22 @@ def log_missing_epochs(run_id: str, rows: list[dict[str, float]]) -> None:
             mlflow.log_metrics({key: value for key, value in row.items() if key != "epoch"}, step=int(row["epoch"]))
 
 
+def training_run_of(run_id: str, dataset: str = "<dataset>") -> Run:
+    """The run that trained a model, from the configured store; one clear error if it is gone."""
+    try:
+        return MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise TrackingError(
+            f"MLflow run {run_id} is not in the store {tracking_uri()}; the model was trained against another "
+            f"store (MLFLOW_TRACKING_URI?) or the store was deleted: retrain with `dvc repro --force train@{dataset}`"
+        ) from None
+
+
 @contextmanager
 def reopen_run(run_id: str) -> Iterator[None]:
     """Reopen the training run so evaluation lands beside it, not in a run of its own."""
     configure()
-    if not _exists(run_id):
-        raise TrackingError(
-            f"MLflow run {run_id} is not in the store {tracking_uri()}; the model was trained against another "
-            f"store (MLFLOW_TRACKING_URI?) or the store was deleted: retrain with `dvc repro --force train@<dataset>`"
-        )
+    training_run_of(run_id)
     mlflow.start_run(run_id=run_id)
     with _ending(run_id):
         yield

@@ -121,7 +121,8 @@ def train(
     """Train one model and return its MLflow run id (also written to `model_dir`)."""
     settings = params.train
     keras.utils.set_random_seed(settings.seed)
-    classes = read_json(split_dir / "classes.json")["names"]
+    split_classes = read_json(split_dir / "classes.json")
+    classes = split_classes["names"]
     stats = ChannelStats.read(stats_json)
     train_images = load_array(split_dir, "train_images")
     train_labels = load_array(split_dir, "train_labels")
@@ -185,8 +186,7 @@ def train(
         )
         model = exportable(classifier)
         mlflow.log_figure(training_curves(state.rows, f"{dataset}: training curves"), "plots/training_curves.png")
-        label_mode = read_json(split_dir / "classes.json")["label_mode"]
-        about = {"names": classes, "dataset": dataset, "label_mode": label_mode}
+        about = {"names": classes, "dataset": dataset, "label_mode": split_classes["label_mode"]}
         model_uri = log_model(model, sample=val_images[:8], about=about)
         with atomic_dir(model_dir) as tmp:
             model.save(tmp / MODEL_FILE)
