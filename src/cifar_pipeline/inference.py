@@ -29,7 +29,6 @@ class ModelLoadError(PipelineError):
 
 @dataclass(frozen=True)
 class LoadedModel:
-    source: str
     class_names: list[str]
     predict_fn: Callable[[np.ndarray], np.ndarray]
 
@@ -66,9 +65,7 @@ def _load_keras(path: Path) -> LoadedModel:
         raise ModelLoadError(
             f"{path} is not a Keras model this package can load ({type(err).__name__}: {err})"
         ) from None
-    return LoadedModel(
-        str(path), read_json(classes)["names"], lambda x: model.predict(x, batch_size=PREDICT_BATCH, verbose=0)
-    )
+    return LoadedModel(read_json(classes)["names"], lambda x: model.predict(x, batch_size=PREDICT_BATCH, verbose=0))
 
 
 def _load_mlflow(uri: str) -> LoadedModel:
@@ -86,4 +83,4 @@ def _load_mlflow(uri: str) -> LoadedModel:
     names = (model.metadata.metadata or {}).get("class_names")
     if not names:
         raise ModelLoadError(f"{uri} carries no class names in its metadata (logged by an older version); retrain it")
-    return LoadedModel(uri, list(names), lambda x: np.asarray(model.predict(x)))
+    return LoadedModel(list(names), lambda x: np.asarray(model.predict(x)))

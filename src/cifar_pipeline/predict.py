@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -42,23 +43,14 @@ def render(inputs: list[str], ranked: list[list[tuple[str, float]]], form: str) 
         lines: list[list[str]] = [["input", "rank", "class", "probability"]]
         for name, picks in zip(inputs, ranked, strict=True):
             lines += [[name, str(rank), c, f"{p:.6f}"] for rank, (c, p) in enumerate(picks, start=1)]
-        out = []
-        writer = csv.writer(_Lines(out), lineterminator="\n")
-        writer.writerows(lines)
-        return "".join(out).rstrip("\n")
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerows(lines)
+        return out.getvalue().rstrip("\n")
     width = max((len(n) for n in inputs), default=5)
     rows = [f"{'input':<{width}}  top-5 (probability)"]
     for name, picks in zip(inputs, ranked, strict=True):
         rows.append(f"{name:<{width}}  " + "  ".join(f"{c} {p:.3f}" for c, p in picks))
     return "\n".join(rows)
-
-
-class _Lines:
-    def __init__(self, out: list[str]) -> None:
-        self.out = out
-
-    def write(self, text: str) -> None:
-        self.out.append(text)
 
 
 def main(argv: list[str] | None = None) -> int:
