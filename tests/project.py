@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -32,8 +35,13 @@ def environment() -> dict[str, str]:
     return env
 
 
-def run(cwd: Path, *command: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=cwd, env=environment(), capture_output=True, text=True, timeout=timeout)
+def run(
+    cwd: Path, *command: str, check: bool = True, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`command` in `cwd` with the clean environment, plus `env` (e.g. a tracking server's variables)."""
+    result = subprocess.run(
+        command, cwd=cwd, env=environment() | (env or {}), capture_output=True, text=True, timeout=timeout
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
@@ -73,3 +81,25 @@ def edit_params(project: Path, change) -> None:
 
 def stages_run(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+
+
+def start_training(path: Path, epochs_done: int, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`dvc repro train@cifar10` in its own process group, returned once a checkpoint has `epochs_done` epochs."""
+    proc = subprocess.Popen(
+        ["dvc", "repro", "train@cifar10"],
+        cwd=path,
+        env=environment() | (env or {}),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None and done < epochs_done:
+        for state in (path / "data/.checkpoints").glob("cifar10-*/state.json"):
+            with contextlib.suppress(OSError, ValueError):
+                done = json.loads(state.read_text())["epochs_done"]
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be interrupted"
+    return proc

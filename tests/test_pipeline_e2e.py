@@ -7,7 +7,6 @@ queued experiments run in parallel. Each test states what a user would see.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -26,7 +25,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from archives import build_archive
-from project import create, edit_params, environment, run, stages_run
+from project import create, edit_params, environment, run, stages_run, start_training
 
 pytestmark = pytest.mark.e2e
 
@@ -416,28 +415,6 @@ def test_editing_a_module_reruns_exactly_the_stages_that_import_it(project):
     assert sorted(stages_run(run(path, "dvc", "repro").stdout)) == [f"evaluate@{d}" for d in DATASETS]
 
 
-def start_training_and_wait_for_epochs(path: Path, epochs_done: int) -> subprocess.Popen:
-    """`dvc repro train@cifar10` in its own process group, returned once a checkpoint has `epochs_done` epochs."""
-    proc = subprocess.Popen(
-        ["dvc", "repro", "train@cifar10"],
-        cwd=path,
-        env=environment(),
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 300
-    done = 0
-    while time.monotonic() < deadline and proc.poll() is None and done < epochs_done:
-        for state in (path / "data/.checkpoints").glob("cifar10-*/state.json"):
-            with contextlib.suppress(OSError, ValueError):
-                done = json.loads(state.read_text())["epochs_done"]
-        time.sleep(0.05)
-    assert proc.poll() is None, "training finished before it could be interrupted"
-    return proc
-
-
 def new_cifar10_runs(path: Path, before: set[str]) -> list:
     return [r for r in runs_by_dataset(path)["cifar10"] if r.info.run_id not in before]
 
@@ -448,7 +425,7 @@ def test_training_killed_mid_way_resumes_the_same_run(project):
     epochs = 30
     edit_params(path, lambda p: p["train"].update(epochs=epochs))
     before = {r.info.run_id for r in runs_by_dataset(path)["cifar10"]}
-    proc = start_training_and_wait_for_epochs(path, 2)
+    proc = start_training(path, 2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     interrupted = new_cifar10_runs(path, before)
@@ -471,7 +448,7 @@ def test_ctrl_c_ends_the_run_killed_and_leaves_the_stage_rerunnable(project):
     path, _ = project
     edit_params(path, lambda p: p["train"].update(epochs=25))
     before = {r.info.run_id for r in runs_by_dataset(path)["cifar10"]}
-    proc = start_training_and_wait_for_epochs(path, 1)
+    proc = start_training(path, 1)
     os.killpg(proc.pid, signal.SIGINT)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0

@@ -68,6 +68,7 @@ def evaluate_probabilities(probabilities: np.ndarray, labels: np.ndarray) -> Eva
     )
 
 
+@tracking.server_errors()
 def evaluate_model(
     dataset: str, split_dir: Path, model_dir: Path, metrics_json: Path, confusion_csv: Path, per_class_csv: Path
 ) -> None:
@@ -103,18 +104,19 @@ def evaluate_model(
         mlflow.log_figure(
             confusion_matrix(result.confusion, names, f"{dataset}: test confusion matrix"), "plots/confusion_matrix.png"
         )
-        with atomic_file(metrics_json) as tmp:
-            write_json(tmp, result.metrics())
-        write_csv(
-            confusion_csv,
-            ["actual", "predicted"],
-            zip([names[i] for i in labels], [names[i] for i in result.predictions], strict=True),
-        )
-        write_csv(
-            per_class_csv,
-            ["class", "accuracy", "test_images"],  # accuracy empty: no test images
-            ((name, "" if v["accuracy"] is None else v["accuracy"], v["test_images"]) for name, v in per_class.items()),
-        )
+    # Outputs only once the run has ended: a store that fails before then leaves none.
+    with atomic_file(metrics_json) as tmp:
+        write_json(tmp, result.metrics())
+    write_csv(
+        confusion_csv,
+        ["actual", "predicted"],
+        zip([names[i] for i in labels], [names[i] for i in result.predictions], strict=True),
+    )
+    write_csv(
+        per_class_csv,
+        ["class", "accuracy", "test_images"],  # accuracy empty: no test images
+        ((name, "" if v["accuracy"] is None else v["accuracy"], v["test_images"]) for name, v in per_class.items()),
+    )
     print(f"{dataset}: " + ", ".join(f"{key} {value:.4f}" for key, value in result.metrics().items()))
     if missing:
         print(

@@ -68,6 +68,7 @@ def _alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
         return None
 
 
+@tracking.server_errors()
 def register_model(dataset: str, split_dir: Path, model_dir: Path, metrics_json: Path, out_json: Path) -> None:
     """Register the evaluated model (once per run), tag it, move `newest` and maybe `champion`."""
     trained = read_json(model_dir / RUN_FILE)

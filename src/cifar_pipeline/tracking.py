@@ -4,7 +4,9 @@ Default store: `sqlite:///<project root>/mlflow.db`, MLflow's own default, so a 
 `mlflow ui` in the project root shows every run. Queued DVC experiments run in a copy
 under `.dvc/tmp/exps/`; DVC passes the real project root as `DVC_ROOT`, and using it
 keeps their runs (and artifacts) in the same store instead of a folder DVC deletes.
-`MLFLOW_TRACKING_URI` overrides all of this for a shared server.
+`MLFLOW_TRACKING_URI` overrides all of this for a shared server (README, "Team setup"):
+then a refused login, a server that is down or answers 5xx becomes one `error:` line
+(`server_errors`), and the stage leaves no output, so the next `dvc repro` picks up.
 """
 
 from __future__ import annotations
@@ -12,19 +14,21 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import subprocess
 import time
 import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import mlflow
 import numpy as np
+import requests
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Run, RunStatus
@@ -125,6 +129,97 @@ def check_store(uri: str) -> None:
             ) from None
 
 
+def is_server(uri: str) -> bool:
+    return urlparse(uri).scheme in ("http", "https")
+
+
+def _status(err: BaseException) -> int | None:
+    if isinstance(err, requests.HTTPError) and err.response is not None:
+        return err.response.status_code
+    if isinstance(err, MlflowException) and err.error_code not in ("INTERNAL_ERROR", None):
+        return err.get_http_status_code()
+    return None
+
+
+def _reason(err: BaseException) -> str:
+    """Why a request failed, in words, from urllib3's "Caused by ..." that MLflow passes on."""
+    text = str(err)
+    if "error responses" in text:  # urllib3: "too many 503 error responses", after MLflow's retries
+        codes = sorted(set(re.findall(r"too many (\d{3}) error responses", text)))
+        return f"it answered HTTP {'/'.join(codes) or '5xx'} to every retry"
+    if "Connection refused" in text or "NewConnectionError" in text:
+        return "connection refused: it is not running or not at this address"
+    if "timed out" in text.lower() or "Timeout" in text:
+        return "no answer in time (MLFLOW_HTTP_REQUEST_TIMEOUT)"
+    return first_line(err)
+
+
+def server_problem(err: BaseException, uri: str) -> str:
+    """One line for a request the tracking server refused or failed, with what to do about it."""
+    where = _where(uri)
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    status = _status(err)
+    if status == 401:
+        who = f"user '{user}'" if user else "a request without a user name"
+        return (
+            f"the MLflow tracking server {where} answered 401 Unauthorized to {who}: set MLFLOW_TRACKING_USERNAME "
+            f"and MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials) to your account there; if they worked "
+            f"a moment ago, the server cannot read its user database (see the server's log)"
+        )
+    if status == 403:
+        return (
+            f"the MLflow tracking server {where} does not let user '{user}' do this (403: {first_line(err, 200)}); "
+            f"ask its admin for EDIT permission on experiment '{experiment_name()}' and the registered models"
+        )
+    return (
+        f"the MLflow tracking server {where} failed ({_reason(err)}); this stage left no output. When the "
+        f"server works again, run `dvc repro` again: training resumes after its last finished epoch, in the same run"
+    )
+
+
+@contextmanager
+def server_errors() -> Iterator[None]:
+    """Report a tracking server's failure as one line; also a decorator for a stage's body.
+
+    MLflow raises its own exception or, for artifact uploads, a bare `requests` one, each
+    with a screenful of chained tracebacks, after its retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+    default 7 with exponential back-off: minutes).
+    """
+    try:
+        yield
+    except (MlflowException, requests.RequestException) as err:
+        uri = tracking_uri()
+        if not is_server(uri):
+            raise
+        raise TrackingError(server_problem(err, uri)) from None
+
+
+@contextmanager
+def _no_retries() -> Iterator[None]:
+    """MLflow requests that fail at once: for marking a run ended after the server already failed."""
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _end_after_failure(status: RunStatus, failure: str | None = None) -> None:
+    """Mark the active run ended, as far as the store lets us: if it is the store that failed,
+    the run stays RUNNING there (as after a SIGKILL), and the resumed run continues it."""
+    with _no_retries():
+        if failure is not None:
+            with suppress(MlflowException, requests.RequestException):
+                mlflow.set_tag("failure", failure[:4000])
+        with suppress(MlflowException, requests.RequestException):
+            mlflow.end_run(RunStatus.to_string(status))  # pops the active run before its request
+
+
 def use_store() -> str:
     """Point MLflow (tracking and registry) at the project's store, checked; no experiment is made."""
     uri = tracking_uri()
@@ -142,6 +237,8 @@ def configure() -> str:
             client = MlflowClient()
             experiment = client.get_experiment_by_name(name)
         except Exception as err:  # SQLAlchemy, a server's answer, a broken file: the store is unusable
+            if is_server(uri) and isinstance(err, MlflowException | requests.RequestException):
+                raise TrackingError(server_problem(err, uri)) from None
             advice = (
                 "move the file away (a new one is made) or set MLFLOW_TRACKING_URI"
                 if uri.startswith("sqlite:")
@@ -209,11 +306,10 @@ def _ending(run_id: str) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        _end_after_failure(RunStatus.KILLED)
         raise
     except BaseException as err:
-        mlflow.set_tag("failure", f"{type(err).__name__}: {err}"[:4000])
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        _end_after_failure(RunStatus.FAILED, f"{type(err).__name__}: {err}")
         raise
     client = MlflowClient()
     if "failure" in client.get_run(run_id).data.tags:

@@ -109,6 +109,7 @@ def fit_classifier(
     )
 
 
+@tracking.server_errors()
 def train(
     dataset: str,
     params: Params,
@@ -188,13 +189,14 @@ def train(
         mlflow.log_figure(training_curves(state.rows, f"{dataset}: training curves"), "plots/training_curves.png")
         about = {"names": classes, "dataset": dataset, "label_mode": split_classes["label_mode"]}
         model_uri = log_model(model, sample=val_images[:8], about=about)
-        with atomic_dir(model_dir) as tmp:
-            model.save(tmp / MODEL_FILE)
-            write_json(tmp / RUN_FILE, {"run_id": run_id, "model_uri": model_uri})
-            write_json(tmp / CLASSES_FILE, about)  # the class names travel with the model
-        for path, keys in ((loss_csv, LOSS_KEYS), (accuracy_csv, ACCURACY_KEYS)):
-            columns = ("epoch", *keys)
-            write_csv(path, list(columns), ([row[key] for key in columns] for row in state.rows))
+    # Outputs only once the run has ended FINISHED: a store that fails before then leaves none.
+    with atomic_dir(model_dir) as tmp:
+        model.save(tmp / MODEL_FILE)
+        write_json(tmp / RUN_FILE, {"run_id": run_id, "model_uri": model_uri})
+        write_json(tmp / CLASSES_FILE, about)  # the class names travel with the model
+    for path, keys in ((loss_csv, LOSS_KEYS), (accuracy_csv, ACCURACY_KEYS)):
+        columns = ("epoch", *keys)
+        write_csv(path, list(columns), ([row[key] for key in columns] for row in state.rows))
     checkpoints.clear()
     return run_id
 
