@@ -9,6 +9,7 @@ README's command. Every process runs in its own process group and is stopped by
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -89,16 +90,27 @@ class Service:
             self.stop()
             raise
 
-    def stop(self) -> None:
+    def send(self, sig: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, sig)
+
+    def freeze(self) -> None:
+        """SIGSTOP: requests wait unanswered, so a client's next call cannot finish until `thaw`."""
+        self.send(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.send(signal.SIGCONT)
+
+    def stop(self, crash: bool = False) -> None:
+        """SIGTERM (SIGKILL for `crash`, or after 20 s), woken first if frozen."""
         if self.process is None or self.process.poll() is not None:
             return
-        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 20)):
+        for sig in (signal.SIGKILL,) if crash else (signal.SIGTERM, signal.SIGKILL):
+            self.send(sig)
+            self.thaw()
             try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.process.wait(timeout=wait)
+                self.process.wait(timeout=20)
                 break
             except subprocess.TimeoutExpired:
                 continue

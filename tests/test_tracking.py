@@ -1,3 +1,4 @@
+import os
 import socket
 import subprocess
 import sys
@@ -5,6 +6,9 @@ import time
 
 import mlflow
 import pytest
+import requests
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, PERMISSION_DENIED, UNAUTHENTICATED
 from mlflow.tracking import MlflowClient
 
 from cifar_pipeline import tracking
@@ -96,3 +100,68 @@ def test_a_run_that_finishes_after_a_failure_loses_the_failure_tag(store):
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FINISHED" and "failure" not in run.data.tags
     mlflow.set_tracking_uri("")
+
+
+SERVER = "http://127.0.0.1:5999"
+
+
+def http_error(status: int) -> requests.HTTPError:
+    response = requests.Response()
+    response.status_code = status
+    return requests.HTTPError(f"{status} Client Error", response=response)
+
+
+@pytest.mark.parametrize(
+    ("err", "expected"),
+    [
+        (MlflowException("not authenticated", error_code=UNAUTHENTICATED), "401 Unauthorized to user 'alice'"),
+        (http_error(401), "401 Unauthorized to user 'alice': set MLFLOW_TRACKING_USERNAME"),
+        (MlflowException("no", error_code=PERMISSION_DENIED), "does not let user 'alice' do this (403"),
+        (
+            MlflowException("... (Caused by ResponseError('too many 503 error responses'))", error_code=INTERNAL_ERROR),
+            "failed (it answered HTTP 503 to every retry)",
+        ),
+        (
+            MlflowException('... (Caused by NewConnectionError("... [Errno 111] Connection refused"))'),
+            "failed (connection refused: it is not running",
+        ),
+    ],
+)
+def test_a_server_failure_is_one_line_that_says_what_to_do(monkeypatch, err, expected):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", SERVER)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    with pytest.raises(tracking.TrackingError) as caught, tracking.server_errors():
+        raise err
+    message = str(caught.value)
+    assert expected in message and SERVER in message and "\n" not in message
+
+
+def test_the_user_name_may_come_from_mlflows_credentials_file(monkeypatch, tmp_path):
+    (tmp_path / ".mlflow").mkdir()
+    (tmp_path / ".mlflow/credentials").write_text("[mlflow]\nmlflow_tracking_username = bob\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    message = tracking.server_problem(http_error(401), SERVER)
+    assert "to user 'bob'" in message
+
+
+def test_errors_of_a_local_store_keep_their_type(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(MlflowException), tracking.server_errors():
+        raise MlflowException("a bug of ours, with its traceback")
+
+
+def test_a_run_is_let_go_at_once_when_its_server_already_failed(monkeypatch, tmp_path):
+    """After a failed request (MLflow retried it for minutes), ending the run must not retry again."""
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.start_run()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"  # nothing listens once the socket closes
+    mlflow.set_tracking_uri(dead)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")  # MLflow's default: minutes of back-off
+    started = time.monotonic()
+    tracking._end_after_failure(tracking.RunStatus.FAILED, "the server went away")
+    assert time.monotonic() - started < 15
+    assert mlflow.active_run() is None
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "7"

@@ -35,6 +35,7 @@ from mlflow.entities import Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
+from mlflow.utils.credentials import read_mlflow_creds
 
 from cifar_pipeline.errors import PipelineError, first_line
 
@@ -157,7 +158,7 @@ def _reason(err: BaseException) -> str:
 def server_problem(err: BaseException, uri: str) -> str:
     """One line for a request the tracking server refused or failed, with what to do about it."""
     where = _where(uri)
-    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    user = read_mlflow_creds().username  # the environment's, else ~/.mlflow/credentials'
     status = _status(err)
     if status == 401:
         who = f"user '{user}'" if user else "a request without a user name"
