@@ -6,8 +6,10 @@ the checkpoints (relative to the working folder) and runs never mix.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import signal
 
 import keras
 import mlflow
@@ -15,7 +17,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cifar_pipeline import training
+from cifar_pipeline import cli, training
 from cifar_pipeline.checkpoint import CHECKPOINT_ROOT
 from cifar_pipeline.input_pipeline import steps_per_epoch
 from cifar_pipeline.layout import MODEL_FILE
@@ -268,3 +270,23 @@ def test_evaluating_the_same_model_again_logs_its_test_metrics_once(setup):
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
     assert len(client.get_metric_history(run_id, "test_accuracy")) == 1
     assert (tmp / "p.csv").read_text().splitlines()[0] == "class,accuracy,test_images"
+
+
+def test_a_swallowed_ctrl_c_still_stops_training_at_the_next_batch(setup, monkeypatch):
+    """The handler's KeyboardInterrupt can land where it is swallowed ("Exception ignored in"
+    a destructor); the recorded signal stops training all the same, and the run ends KILLED."""
+    original = training.EpochLogger.on_epoch_end
+
+    def signal_lands_in_a_destructor(self, index, logs=None):
+        original(self, index, logs)
+        if index == 0:
+            with contextlib.suppress(KeyboardInterrupt):
+                cli._interrupt(signal.SIGINT, None)
+
+    monkeypatch.setattr(training.EpochLogger, "on_epoch_end", signal_lands_in_a_destructor)
+    monkeypatch.setattr(cli, "_interrupted", False)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(setup)
+    client, run = only_run(setup[3])
+    assert run.info.status == "KILLED"
+    assert steps(client, run.info.run_id) == [1]  # stopped in epoch 2, before it was committed

@@ -39,6 +39,7 @@ def run_stage(
     parser = argparse.ArgumentParser(description=description)
     add_arguments(parser)
     args = parser.parse_args()
+    signal.signal(signal.SIGINT, _interrupt)  # Ctrl-C
     signal.signal(signal.SIGTERM, _interrupt)  # `kill`, or a scheduler stopping the job: same as Ctrl-C
     try:
         params = load_params()
@@ -134,5 +135,17 @@ def guard_params(script: str, item: str | None) -> None:
     on_commit(unchanged)
 
 
+_interrupted = False
+
+
+def interrupted() -> bool:
+    """Whether Ctrl-C or SIGTERM arrived. The KeyboardInterrupt the handler raises can land
+    in code that swallows it (a destructor: "Exception ignored in ..."); long loops check
+    this too (training.StopWhenInterrupted), so the signal is never lost."""
+    return _interrupted
+
+
 def _interrupt(signum: int, frame: object) -> None:
+    global _interrupted
+    _interrupted = True
     raise KeyboardInterrupt

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from cifar_pipeline import tracking
 from cifar_pipeline.checkpoint import CheckpointError, Checkpoints, TrainingState, fingerprint
+from cifar_pipeline.cli import interrupted
 from cifar_pipeline.errors import PipelineError
 from cifar_pipeline.figures import training_curves
 from cifar_pipeline.hardware import has_gpu, precision_policy
@@ -44,6 +45,17 @@ class StopOnNonFinite(keras.callbacks.Callback):
                 f"training diverged: loss is {float(loss)} at batch {batch + 1}; "
                 f"lower train.learning_rate or check the input data"
             )
+
+
+class StopWhenInterrupted(keras.callbacks.Callback):
+    """Raise KeyboardInterrupt after any batch once Ctrl-C or SIGTERM arrived, in case the
+    handler's own KeyboardInterrupt was swallowed where it landed."""
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        if interrupted():
+            raise KeyboardInterrupt
+
+    on_test_batch_end = on_train_batch_end
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -103,7 +115,7 @@ def fit_classifier(
         steps_per_epoch=steps_per_epoch(len(images), settings.batch_size),
         epochs=settings.epochs,
         initial_epoch=initial_epoch,
-        callbacks=[StopOnNonFinite(), *(callbacks or [])],
+        callbacks=[StopOnNonFinite(), StopWhenInterrupted(), *(callbacks or [])],
         shuffle=False,  # the dataset shuffles (seeded) itself
         verbose=2,
     )
