@@ -219,6 +219,13 @@ class TeamServers:
             except Exception as err:  # stop the others whatever happens to one
                 print(f"stopping {step}: {err}", file=sys.stderr)
 
+    def left_running(self) -> list[str]:
+        """What `stop()` failed to stop: should be nothing."""
+        left = [s.name for s in (self.mlflow, self.moto) if s.process is not None and s.process.poll() is None]
+        if (self.postgres.folder / "postmaster.pid").exists():
+            left.append("postgres")
+        return left
+
     def s3(self):
         return boto3.client(
             "s3",

@@ -40,6 +40,7 @@ def team(tmp_path_factory):
         yield servers
     finally:
         servers.stop()
+    assert servers.left_running() == []
 
 
 def as_user(team: TeamServers, user: str, password: str | None = None) -> dict[str, str]:
