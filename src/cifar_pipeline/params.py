@@ -24,6 +24,7 @@ from cifar_pipeline.outputs import atomic_file
 DEFAULT_PATH = Path("params.yaml")
 LR_SCHEDULES = ("step", "constant", "cosine")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+DISTRIBUTE = ("auto", "none", "mirrored", "multi_worker")
 MAX_SEED = 2**32 - 1  # NumPy's legacy seeding, which Keras uses, takes 32 bits
 MAX_MODEL_WEIGHTS = 100_000_000  # the seed's network has 2.2 M; 100 M need ~1.6 GB with Adam's state
 
@@ -81,6 +82,7 @@ class TrainParams:
     label_smoothing: float
     jit_compile: str | bool
     mixed_precision: str | bool
+    distribute: str
     lr_schedule: ScheduleParams
     augment: AugmentParams
     model: ModelParams
@@ -270,6 +272,7 @@ def _train(value: Any) -> TrainParams:
             "label_smoothing",
             "jit_compile",
             "mixed_precision",
+            "distribute",
             "lr_schedule",
             "augment",
             "model",
@@ -296,6 +299,7 @@ def _train(value: Any) -> TrainParams:
         label_smoothing=_fraction(section["label_smoothing"], "train.label_smoothing"),
         jit_compile=_auto_or_bool(section["jit_compile"], "train.jit_compile"),
         mixed_precision=_auto_or_bool(section["mixed_precision"], "train.mixed_precision"),
+        distribute=_choice(section["distribute"], "train.distribute", DISTRIBUTE),
         lr_schedule=_schedule(section["lr_schedule"]),
         augment=_augment(section["augment"]),
         model=_model(section["model"]),

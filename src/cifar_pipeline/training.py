@@ -13,6 +13,7 @@ import tensorflow as tf
 from cifar_pipeline import tracking
 from cifar_pipeline.checkpoint import CheckpointError, Checkpoints, TrainingState, fingerprint
 from cifar_pipeline.cli import interrupted
+from cifar_pipeline.distribution import resolve
 from cifar_pipeline.errors import PipelineError
 from cifar_pipeline.figures import training_curves
 from cifar_pipeline.hardware import has_gpu, precision_policy
@@ -133,6 +134,7 @@ def train(
 ) -> str:
     """Train one model and return its MLflow run id (also written to `model_dir`)."""
     settings = params.train
+    distribution = resolve(settings.distribute)  # first: logical CPUs must be set before TF's runtime starts
     keras.utils.set_random_seed(settings.seed)
     split_classes = read_json(split_dir / "classes.json")
     classes = split_classes["names"]
@@ -147,16 +149,17 @@ def train(
     checkpoints = Checkpoints(dataset, fingerprint(dataset, params, split_dir, stats_json))
     saved = checkpoints.load()
     classifier = None
-    if saved:
-        try:
-            classifier = checkpoints.load_model(saved)
-        except CheckpointError as err:
-            # Its run cannot continue: end it FAILED with the reason, and start a new one.
-            tracking.abandon_run(saved.run_id, f"{err}; retrained from scratch in a new run")
-            checkpoints.discard(str(err))
-            saved = None
-    if classifier is None:
-        classifier = new_classifier(settings, len(classes), stats, len(train_images))
+    with distribution.scope():  # the model's (and a checkpoint's) variables belong to the strategy
+        if saved:
+            try:
+                classifier = checkpoints.load_model(saved)
+            except CheckpointError as err:
+                # Its run cannot continue: end it FAILED with the reason, and start a new one.
+                tracking.abandon_run(saved.run_id, f"{err}; retrained from scratch in a new run")
+                checkpoints.discard(str(err))
+                saved = None
+        if classifier is None:
+            classifier = new_classifier(settings, len(classes), stats, len(train_images))
     logged_params = {
         "dataset": dataset,
         # The same keys for every dataset, so CIFAR-10 and CIFAR-100 runs line up in MLflow's Compare view.
@@ -170,6 +173,8 @@ def train(
         "resolved.dtype_policy": policy,
         "resolved.jit_compile": bool(classifier.jit_compile),
         "resolved.device": "gpu" if has_gpu() else "cpu",
+        "resolved.distribute": distribution.mode,
+        "resolved.replicas": distribution.replicas,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
     }
