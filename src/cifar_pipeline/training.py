@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import tensorflow as tf
 from cifar_pipeline import tracking
 from cifar_pipeline.checkpoint import CheckpointError, Checkpoints, TrainingState, fingerprint
 from cifar_pipeline.cli import interrupted
-from cifar_pipeline.distribution import resolve
+from cifar_pipeline.distribution import Distribution, DistributionError, peers_reported, resolve
 from cifar_pipeline.errors import PipelineError
 from cifar_pipeline.figures import training_curves
 from cifar_pipeline.hardware import has_gpu, precision_policy
@@ -68,7 +69,7 @@ class EpochLogger(keras.callbacks.Callback):
     checkpoint: no step is ever logged twice.
     """
 
-    def __init__(self, images_per_epoch: int, checkpoints: Checkpoints, state: TrainingState) -> None:
+    def __init__(self, images_per_epoch: int, checkpoints: Checkpoints | None, state: TrainingState) -> None:
         super().__init__()
         self.images_per_epoch = images_per_epoch
         self.checkpoints = checkpoints
@@ -86,7 +87,8 @@ class EpochLogger(keras.callbacks.Callback):
         metrics["images_per_second"] = self.images_per_epoch / seconds
         self.state.rows.append({"epoch": epoch + 1, **metrics})
         self.state.epochs_done = epoch + 1
-        self.checkpoints.commit(self.model, self.state)
+        if self.checkpoints is not None:  # None: a run that cannot resume (multi-worker)
+            self.checkpoints.commit(self.model, self.state)
         mlflow.log_metrics(metrics, step=epoch + 1)
 
 
@@ -131,10 +133,16 @@ def train(
     model_dir: Path,
     loss_csv: Path,
     accuracy_csv: Path,
+    worker: bool = False,
 ) -> str:
-    """Train one model and return its MLflow run id (also written to `model_dir`)."""
+    """Train one model and return its MLflow run id (also written to `model_dir`).
+
+    `worker`: this process is a non-chief worker of a multi-worker cluster
+    (`python -m cifar_pipeline.worker`): it trains in step with the chief and returns "".
+    """
     settings = params.train
     distribution = resolve(settings.distribute)  # first: logical CPUs must be set before TF's runtime starts
+    check_role(distribution, worker)
     keras.utils.set_random_seed(settings.seed)
     split_classes = read_json(split_dir / "classes.json")
     classes = split_classes["names"]
@@ -147,7 +155,9 @@ def train(
     policy = precision_policy(settings.mixed_precision)
     keras.mixed_precision.set_global_policy(policy)
     checkpoints = Checkpoints(dataset, fingerprint(dataset, params, split_dir, stats_json))
-    saved = checkpoints.load()
+    # Multi-worker runs do not resume: the other workers have no copy of the chief's checkpoint.
+    resumable = distribution.mode != "multi_worker"
+    saved = checkpoints.load() if resumable else None
     classifier = None
     with distribution.scope():  # the model's (and a checkpoint's) variables belong to the strategy
         if saved:
@@ -160,6 +170,19 @@ def train(
                 saved = None
         if classifier is None:
             classifier = new_classifier(settings, len(classes), stats, len(train_images))
+    distribution.prepare(classifier)
+    if not distribution.chief:  # another worker: trains in step with the chief, logs and writes nothing
+        with peers_reported(distribution):
+            fit_classifier(
+                classifier,
+                settings,
+                (train_images, train_labels),
+                (val_images, val_labels),
+                stats,
+                callbacks=distribution.callbacks(),
+            )
+        print(f"{dataset}: {distribution.task} trained {settings.epochs} epochs; weights {weights_digest(classifier)}")
+        return ""
     logged_params = {
         "dataset": dataset,
         # The same keys for every dataset, so CIFAR-10 and CIFAR-100 runs line up in MLflow's Compare view.
@@ -185,7 +208,7 @@ def train(
             tracking.log_missing_epochs(run_id, state.rows)
             mlflow.set_tag("resumed_after_epoch", str(state.epochs_done))
         else:
-            state = checkpoints.start(run_id)
+            state = checkpoints.start(run_id) if resumable else TrainingState(run_id=run_id)
             data = params.data[dataset]
             for part in ("train", "val"):
                 indices = load_array(split_dir, f"{part}_indices")
@@ -193,15 +216,24 @@ def train(
             if saved:  # the store lost the old run: log what the checkpoint remembers
                 state.rows, state.epochs_done, state.model_file = saved.rows, saved.epochs_done, saved.model_file
                 tracking.log_missing_epochs(run_id, state.rows)
-        fit_classifier(
-            classifier,
-            settings,
-            (train_images, train_labels),
-            (val_images, val_labels),
-            stats,
-            initial_epoch=state.epochs_done,
-            callbacks=[EpochLogger(len(train_images), checkpoints, state)],
-        )
+        with peers_reported(distribution):
+            fit_classifier(
+                classifier,
+                settings,
+                (train_images, train_labels),
+                (val_images, val_labels),
+                stats,
+                initial_epoch=state.epochs_done,
+                callbacks=[
+                    *distribution.callbacks(),
+                    EpochLogger(len(train_images), checkpoints if resumable else None, state),
+                ],
+            )
+        if distribution.mode == "multi_worker":
+            print(
+                f"{dataset}: {distribution.task} (chief) trained {settings.epochs} epochs; "
+                f"weights {weights_digest(classifier)}"
+            )
         model = exportable(classifier)
         mlflow.log_figure(training_curves(state.rows, f"{dataset}: training curves"), "plots/training_curves.png")
         about = {"names": classes, "dataset": dataset, "label_mode": split_classes["label_mode"]}
@@ -216,6 +248,32 @@ def train(
         write_csv(path, list(columns), ([row[key] for key in columns] for row in state.rows))
     checkpoints.clear()
     return run_id
+
+
+def check_role(distribution: Distribution, worker: bool) -> None:
+    """The chief runs as the DVC stage, every other worker as `cifar_pipeline.worker`: refuse a mix-up."""
+    if worker and distribution.mode != "multi_worker":
+        raise DistributionError(
+            "the worker command is for train.distribute: multi_worker; with this setting run `dvc repro` only"
+        )
+    if worker and distribution.chief:
+        raise DistributionError(
+            f"TF_CONFIG makes this process the chief ({distribution.task}); start the chief with `dvc repro`, "
+            f"and this command only on the other workers"
+        )
+    if not worker and not distribution.chief:
+        raise DistributionError(
+            f"TF_CONFIG makes this process {distribution.task}, not the chief: start it with "
+            f"`PYTHONPATH=src python -m cifar_pipeline.worker <dataset>`; only the chief runs `dvc repro`"
+        )
+
+
+def weights_digest(model: keras.Model) -> str:
+    """The model's weights in 16 hex digits: equal on every worker of a multi-worker run."""
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def log_model(model: keras.Model, sample: np.ndarray, about: dict) -> str:
