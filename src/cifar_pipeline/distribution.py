@@ -152,6 +152,23 @@ def multi_worker() -> Distribution:
     return Distribution("multi_worker", strategy, devices, chief=chief, task=f"{kind} {index}")
 
 
+def agree(distribution: Distribution, fingerprint: str) -> None:
+    """Refuse to train unless every worker has the same params and data (its `fingerprint`).
+
+    Each worker reads its own params.yaml and data/; a worker with other epochs or another
+    split would train out of step and fail later with an obscure collective error.
+    """
+    if distribution.mode != "multi_worker":
+        return
+    mine = float(int(fingerprint[:12], 16))  # 48 bits: exact in float64, and in a sum of a few
+    total = float(distribution.strategy.reduce("SUM", tf.constant(mine, tf.float64), axis=None))
+    if total != mine * distribution.replicas:
+        raise DistributionError(
+            f"the workers of this multi_worker cluster do not have the same params and data ({distribution.task}: "
+            f"{fingerprint[:12]}); make params.yaml and data/ equal on every worker (same git commit, `dvc pull`)"
+        )
+
+
 # A peer that died or cannot be reached: what collectives raise on the workers left.
 LOST_PEER = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError)
 

@@ -14,7 +14,7 @@ import tensorflow as tf
 from cifar_pipeline import tracking
 from cifar_pipeline.checkpoint import CheckpointError, Checkpoints, TrainingState, fingerprint
 from cifar_pipeline.cli import interrupted
-from cifar_pipeline.distribution import Distribution, DistributionError, peers_reported, resolve
+from cifar_pipeline.distribution import Distribution, DistributionError, agree, peers_reported, resolve
 from cifar_pipeline.errors import PipelineError
 from cifar_pipeline.figures import training_curves
 from cifar_pipeline.hardware import has_gpu, precision_policy
@@ -154,7 +154,9 @@ def train(
 
     policy = precision_policy(settings.mixed_precision)
     keras.mixed_precision.set_global_policy(policy)
-    checkpoints = Checkpoints(dataset, fingerprint(dataset, params, split_dir, stats_json))
+    run_fingerprint = fingerprint(dataset, params, split_dir, stats_json)
+    agree(distribution, run_fingerprint)
+    checkpoints = Checkpoints(dataset, run_fingerprint)
     # Multi-worker runs do not resume: the other workers have no copy of the chief's checkpoint.
     resumable = distribution.mode != "multi_worker"
     saved = checkpoints.load() if resumable else None
