@@ -100,8 +100,10 @@ def cluster_project(tmp_path_factory, archives):
     return path
 
 
-def start_cluster(path, configs: list[str]) -> tuple[subprocess.Popen, subprocess.Popen]:
-    """The README's launch: the chief through `dvc repro`, the other worker through its command."""
+def start_cluster(path, configs: list[str], worker_dir=None) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """The README's launch: the chief through `dvc repro` in `path`, the other worker through its
+    command in `worker_dir` (default: the same folder), its output in `worker.log` there."""
+    worker_dir = worker_dir or path
     chief = subprocess.Popen(
         ["dvc", "repro", "train@cifar10"],
         cwd=path,
@@ -111,10 +113,10 @@ def start_cluster(path, configs: list[str]) -> tuple[subprocess.Popen, subproces
         text=True,
         start_new_session=True,
     )
-    log = open(path / "worker.log", "w")  # noqa: SIM115 (the worker writes it while the test polls)
+    log = open(worker_dir / "worker.log", "w")  # noqa: SIM115 (the worker writes it while the test polls)
     worker = subprocess.Popen(
         [sys.executable, "-m", "cifar_pipeline.worker", "cifar10"],
-        cwd=path,
+        cwd=worker_dir,
         env=environment() | {"TF_CONFIG": configs[1], "PYTHONPATH": "src"},
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -218,26 +220,10 @@ def test_workers_with_other_params_refuse_to_train(cluster_project, tmp_path):
     other = tmp_path / "other-worker"
     shutil.copytree(cluster_project, other, ignore=shutil.ignore_patterns("mlflow.db", "models"))
     edit_params(other, lambda p: p["train"].update(epochs=5))
-    configs = tf_configs()
-    chief = subprocess.Popen(
-        ["dvc", "repro", "train@cifar10"],
-        cwd=cluster_project,
-        env=environment() | {"TF_CONFIG": configs[0]},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    worker = run(
-        other,
-        sys.executable,
-        "-m",
-        "cifar_pipeline.worker",
-        "cifar10",
-        check=False,
-        timeout=240,
-        env={"TF_CONFIG": configs[1], "PYTHONPATH": "src"},
-    )
+    chief, worker = start_cluster(cluster_project, tf_configs(), worker_dir=other)
     output, _ = chief.communicate(timeout=240)
-    for result, text in ((worker.returncode, worker.stderr), (chief.returncode, output)):
+    worker.wait(timeout=240)
+    worker_output = (other / "worker.log").read_text()
+    for result, text in ((worker.returncode, worker_output), (chief.returncode, output)):
         errors = [line for line in text.splitlines() if line.startswith("error:")]
         assert result != 0 and len(errors) == 1 and "do not have the same params and data" in errors[0], text[-2000:]

@@ -173,7 +173,9 @@ def train(
         if classifier is None:
             classifier = new_classifier(settings, len(classes), stats, len(train_images))
     distribution.prepare(classifier)
-    if not distribution.chief:  # another worker: trains in step with the chief, logs and writes nothing
+
+    def fit(initial_epoch: int = 0, callbacks: tuple[keras.callbacks.Callback, ...] = ()) -> None:
+        """`fit_classifier` under the strategy; a multi-worker worker then prints its weights' digest."""
         with peers_reported(distribution):
             fit_classifier(
                 classifier,
@@ -181,9 +183,15 @@ def train(
                 (train_images, train_labels),
                 (val_images, val_labels),
                 stats,
-                callbacks=distribution.callbacks(),
+                initial_epoch=initial_epoch,
+                callbacks=[*distribution.callbacks(), *callbacks],
             )
-        print(f"{dataset}: {distribution.task} trained {settings.epochs} epochs; weights {weights_digest(classifier)}")
+        if distribution.mode == "multi_worker":
+            role = f"{distribution.task}{' (chief)' if distribution.chief else ''}"
+            print(f"{dataset}: {role} trained {settings.epochs} epochs; weights {weights_digest(classifier)}")
+
+    if not distribution.chief:  # another worker: trains in step with the chief, logs and writes nothing
+        fit()
         return ""
     logged_params = {
         "dataset": dataset,
@@ -218,24 +226,7 @@ def train(
             if saved:  # the store lost the old run: log what the checkpoint remembers
                 state.rows, state.epochs_done, state.model_file = saved.rows, saved.epochs_done, saved.model_file
                 tracking.log_missing_epochs(run_id, state.rows)
-        with peers_reported(distribution):
-            fit_classifier(
-                classifier,
-                settings,
-                (train_images, train_labels),
-                (val_images, val_labels),
-                stats,
-                initial_epoch=state.epochs_done,
-                callbacks=[
-                    *distribution.callbacks(),
-                    EpochLogger(len(train_images), checkpoints if resumable else None, state),
-                ],
-            )
-        if distribution.mode == "multi_worker":
-            print(
-                f"{dataset}: {distribution.task} (chief) trained {settings.epochs} epochs; "
-                f"weights {weights_digest(classifier)}"
-            )
+        fit(state.epochs_done, (EpochLogger(len(train_images), checkpoints if resumable else None, state),))
         model = exportable(classifier)
         mlflow.log_figure(training_curves(state.rows, f"{dataset}: training curves"), "plots/training_curves.png")
         about = {"names": classes, "dataset": dataset, "label_mode": split_classes["label_mode"]}
