@@ -117,7 +117,7 @@ def check_store(uri: str) -> None:
             f"use one of {', '.join(STORE_SCHEMES)} (e.g. sqlite:///mlflow.db or http://host:5000), "
             f"or unset MLFLOW_TRACKING_URI for the project's mlflow.db"
         )
-    if scheme in ("http", "https"):
+    if is_server(uri):
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PREFLIGHT_TIMEOUT_S):  # noqa: S310
                 pass
