@@ -31,7 +31,6 @@ class DistributionError(PipelineError):
 class Distribution:
     mode: str  # what runs: none, mirrored or multi_worker
     strategy: tf.distribute.Strategy | None
-    devices: tuple[str, ...]
     chief: bool = True  # only the chief logs to MLflow and writes outputs
     task: str = ""  # "worker 1", for messages
 
@@ -99,14 +98,14 @@ def resolve(setting: str) -> Distribution:
     split_cpu()
     gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
     if setting == "none" or (setting == "auto" and len(gpus) < 2):
-        return Distribution("none", None, ())
+        return Distribution("none", None)
     devices = tuple(gpus) or tuple(device.name for device in tf.config.list_logical_devices("CPU"))
     if len(devices) < 2:
         print(
             f"warning: train.distribute is mirrored, but this machine has one device ({devices[0]}); "
             f"training on it alone (set {LOGICAL_CPUS_ENV}=2 to split a CPU into two for a try)"
         )
-    return Distribution("mirrored", tf.distribute.MirroredStrategy(list(devices)), devices)
+    return Distribution("mirrored", tf.distribute.MirroredStrategy(list(devices)))
 
 
 # How long a collective (one all-reduce) may wait for a peer before the worker gives up; TF's
@@ -148,8 +147,7 @@ def multi_worker() -> Distribution:
         )
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=COLLECTIVE_TIMEOUT_S)
     strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-    devices = tuple(strategy.extended.worker_devices)
-    return Distribution("multi_worker", strategy, devices, chief=chief, task=f"{kind} {index}")
+    return Distribution("multi_worker", strategy, chief=chief, task=f"{kind} {index}")
 
 
 def agree(distribution: Distribution, fingerprint: str) -> None:
