@@ -50,7 +50,8 @@ def run(
 def create(dest: Path, data: dict[str, dict], code: Path = ROOT, train: dict | None = None) -> Path:
     """Copy the project at `code`, point each dataset at `data[name]` ({url, md5}), shrink training.
 
-    `train` replaces the tiny training settings (benchmarks train the real model).
+    `train` replaces the tiny training settings (benchmarks train the real model); a
+    mapping in it (`model`, say) updates that section of params.yaml key by key.
     """
     dest.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
@@ -63,7 +64,11 @@ def create(dest: Path, data: dict[str, dict], code: Path = ROOT, train: dict | N
     def shrink(params: dict) -> None:
         for name, values in data.items():
             params["data"][name].update(values)
-        params["train"].update(TINY_TRAIN if train is None else train)
+        for key, value in (TINY_TRAIN if train is None else train).items():
+            if isinstance(value, dict):
+                params["train"][key].update(value)
+            else:
+                params["train"][key] = value
 
     edit_params(dest, shrink)
     run(dest, "git", "init", "-q")

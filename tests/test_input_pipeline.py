@@ -39,3 +39,15 @@ def test_shift_fills_the_uncovered_border_with_the_mean_colour():
     is_fill = (pixels == np.array(fill, np.float32)).all(axis=1)
     assert (is_image | is_fill).all()  # nearest interpolation: no blended colours
     assert is_fill.any() and is_image.mean() > 0.5
+
+
+def test_reflect_fill_mirrors_the_image_into_the_uncovered_border():
+    """Each column of this image has its own value: a reflected shift shows only image columns."""
+    columns = np.arange(32, dtype=np.uint8) * 7
+    images = np.broadcast_to(columns[None, None, :, None], (64, 32, 32, 3)).copy()
+    reflect = AugmentParams(flip=False, shift=4, fill="reflect")
+    x, _ = next(iter(training_dataset(images, np.arange(64), 64, reflect, seed=0, fill=(10.0, 20.0, 30.0))))
+    x = x.numpy()
+    assert set(np.unique(x)) <= set(columns.astype(np.float32))  # no fill colour, no blended values
+    rows_moved = [not np.array_equal(row, images[0, 0].astype(np.float32)) for row in x[:, 0]]
+    assert any(rows_moved)  # some images were shifted sideways

@@ -72,14 +72,14 @@ def _with(raw, path, value):
         (
             "train.lr_schedule.kind",
             "cosin",
-            r"train.lr_schedule.kind must be one of \['step', 'constant', 'cosine'\], got 'cosin' "
+            r"train.lr_schedule.kind must be one of \['step', 'constant', 'cosine', 'triangular'\], got 'cosin' "
             r"\(did you mean 'cosine'\?\)",
         ),
         (
             "train.lr_schedule.kind",
             "constant",
-            r"train.lr_schedule.warmup_fraction is 0.15, but only the cosine schedule warms up; set "
-            r"train.lr_schedule.kind to cosine, or warmup_fraction to 0",
+            r"train.lr_schedule.warmup_fraction is 0.15, but only the cosine and triangular schedules warm up; "
+            r"set train.lr_schedule.kind to one of them, or warmup_fraction to 0",
         ),
         ("train.lr_schedule.warmup_fraction", 1, r"warmup_fraction must be at least 0 and below 1, got 1"),
         ("train.optimizer", "rmsprop", r"train.optimizer must be one of \['adam', 'adamw', 'sgd'\]"),
@@ -105,6 +105,24 @@ def _with(raw, path, value):
             r"train.model has 1,035,001,176,106 weights \(4140.0 GB in float32.*the limit is 100,000,000",
         ),
         ("train.model.filters", [4096, 4096, 4096, 4096], r"the limit is 100,000,000: lower"),
+        (
+            "train.model.kind",
+            "airbnch",
+            r"train.model.kind must be one of \['seed', 'airbench'\], got 'airbnch' \(did you mean 'airbench'\?\)",
+        ),
+        ("train.model.widths", [64, 256], r"train.model.widths must list the airbench network's 3 group widths"),
+        ("train.model.widths", [64, 0, 256], r"train.model.widths\[1\] must be an integer >= 1, got 0"),
+        ("train.model.bn_momentum", 1.0, r"train.model.bn_momentum must be at least 0 and below 1, got 1.0"),
+        ("train.model.bn_scale", "no", r"train.model.bn_scale must be true or false, got 'no'"),
+        (
+            "train.model.test_views",
+            "tta",
+            r"train.model.test_views must be one of \['none', 'flip', 'flip_translate'\]",
+        ),
+        ("train.augment.fill", "wrap", r"train.augment.fill must be one of \['mean', 'reflect'\], got 'wrap'"),
+        ("train.ema_momentum", 0, r"train.ema_momentum is 0, which averages nothing; set null"),
+        ("train.ema_momentum", 1.0, r"train.ema_momentum must be at least 0 and below 1, got 1.0"),
+        ("train.ema_momentum", "0.9", r"train.ema_momentum must be a number, got '0.9'"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(raw, path, value, message):
@@ -166,12 +184,42 @@ def test_params_are_read_with_the_yaml_rules_dvc_uses(tmp_path):
     assert load_params(tmp_path / "params.yaml").train.learning_rate == 0.001
 
 
-def test_model_weights_estimate_matches_keras():
+@pytest.mark.parametrize(
+    "change", [{}, {"kind": "airbench"}, {"kind": "airbench", "bn_scale": False, "widths": (8, 16, 32)}]
+)
+def test_model_weights_estimate_matches_keras(change):
+    import dataclasses
+
     from cifar_pipeline.model import build_classifier
     from cifar_pipeline.normalize import ChannelStats
     from cifar_pipeline.params import model_weights
 
-    model = load_params(PROJECT_PARAMS).train.model
+    model = dataclasses.replace(load_params(PROJECT_PARAMS).train.model, **change)
     stats = ChannelStats(mean=(0.0,) * 3, std=(1.0,) * 3)
     for classes in (10, 100):
         assert model_weights(model, classes) == build_classifier(model, classes, stats).count_params()
+
+
+def test_the_fast_network_and_its_tricks_parse(raw):
+    changed = raw
+    for path, value in [
+        ("train.model.kind", "airbench"),
+        ("train.model.widths", [32, 64, 64]),
+        ("train.model.bn_momentum", 0.6),
+        ("train.model.bn_scale", False),
+        ("train.model.test_views", "flip_translate"),
+        ("train.augment.fill", "reflect"),
+        ("train.ema_momentum", 0.9),
+        ("train.lr_schedule.kind", "triangular"),
+    ]:
+        changed = _with(changed, path, value)
+    train = parse_params(changed).train
+    assert (train.model.kind, train.model.widths, train.model.bn_momentum) == ("airbench", (32, 64, 64), 0.6)
+    assert (train.model.bn_scale, train.model.test_views, train.augment.fill) == (False, "flip_translate", "reflect")
+    assert (train.ema_momentum, train.lr_schedule.kind) == (0.9, "triangular")
+
+
+def test_the_default_network_is_the_seeds_with_keras_defaults():
+    train = load_params(PROJECT_PARAMS).train
+    assert (train.model.kind, train.model.bn_momentum, train.model.bn_scale) == ("seed", 0.99, True)
+    assert (train.model.test_views, train.augment.fill, train.ema_momentum) == ("none", "mean", None)

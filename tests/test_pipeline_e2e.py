@@ -7,6 +7,7 @@ queued experiments run in parallel. Each test states what a user would see.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -294,15 +295,15 @@ def test_predict_without_a_reachable_registry_is_one_line(project, user_inputs):
     assert "Traceback" not in result.stderr
 
 
-def test_mlflow_serves_the_champion_over_http(project):
-    """The README's `mlflow models serve` line, and a request as the README's curl sends it."""
-    path, _ = project
+@contextlib.contextmanager
+def served(path: Path, model_uri: str):
+    """`mlflow models serve` of `model_uri` on a free port, as the README starts it; yields its URL."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = environment() | {"MLFLOW_TRACKING_URI": f"sqlite:///{path / 'mlflow.db'}"}
     server = subprocess.Popen(
-        ["mlflow", "models", "serve", "-m", "models:/cifar10@champion", "--env-manager", "local", "-p", str(port)],
+        ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-p", str(port)],
         cwd=path,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -310,7 +311,6 @@ def test_mlflow_serves_the_champion_over_http(project):
         start_new_session=True,
     )
     try:
-        url = f"http://127.0.0.1:{port}/invocations"
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             try:
@@ -319,20 +319,18 @@ def test_mlflow_serves_the_champion_over_http(project):
             except OSError:
                 assert server.poll() is None, "mlflow models serve exited"
                 time.sleep(1)
-        images = np.load(path / "data/split/cifar10/test_images.npy")[:2]
-        body = json.dumps({"inputs": images.tolist()}).encode()
-        request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            served = np.asarray(json.loads(response.read())["predictions"])
-        model = keras.models.load_model(path / "models/cifar10/model.keras")
-        np.testing.assert_allclose(served, model.predict(images, verbose=0), atol=1e-5)
-        wrong = json.dumps({"inputs": np.zeros((1, 28, 28), np.uint8).tolist()}).encode()
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(urllib.request.Request(url, wrong, {"Content-Type": "application/json"}), timeout=60)
-        assert refused.value.code == 400
+        yield f"http://127.0.0.1:{port}/invocations"
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def served_predictions(url: str, images: np.ndarray) -> np.ndarray:
+    """A request as the README's curl sends it."""
+    body = json.dumps({"inputs": images.tolist()}).encode()
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return np.asarray(json.loads(response.read())["predictions"])
 
 
 def test_second_repro_runs_nothing(project):
@@ -495,3 +493,56 @@ def test_two_queued_experiments_run_in_parallel_into_the_project_store(project):
             assert len(client(path).get_metric_history(r.info.run_id, "loss")) == 1
             # artifacts live under the project root, not in the deleted temporary copy
             assert r.info.artifact_uri.startswith(((path / "mlruns").as_uri(), str(path / "mlruns")))
+
+
+# The README's fast network at test size: every trick on, test-time views that shift and mirror.
+FAST_NETWORK = [
+    "train.model.kind=airbench",
+    "train.model.widths=[4,8,8]",
+    "train.model.bn_momentum=0.6",
+    "train.model.bn_scale=false",
+    "train.model.test_views=flip_translate",
+    "train.ema_momentum=0.9",
+    "train.optimizer=sgd",
+    "train.lr_schedule.kind=triangular",
+    "train.augment.fill=reflect",
+    "train.augment.shift=2",
+    "train.epochs=2",
+]
+
+
+def test_the_fast_network_is_registered_predicted_and_served_with_its_registered_accuracy(project, user_inputs):
+    """`dvc exp run -S train.model.kind=airbench ...` through the same stages, for CIFAR-10 and for
+    CIFAR-100 (coarse labels by now): the test accuracy that register records is what the logged
+    model, `cifar-predict` and `mlflow models serve` deliver, test-time views included."""
+    path, _ = project
+    output = run(path, "dvc", "exp", "run", *(arg for o in FAST_NETWORK for arg in ("-S", o))).stdout
+    assert {f"{s}@{d}" for s in ("train", "evaluate", "register") for d in DATASETS} <= set(stages_run(output))
+    c = client(path)
+    for d in DATASETS:
+        record = json.loads((path / f"registry/{d}.json").read_text())
+        version = c.get_model_version(record["registered_model"], str(record["version"]))
+        run_data = c.get_run(version.run_id).data
+        assert run_data.params["train.model.kind"] == "airbench" and run_data.params["train.ema_momentum"] == "0.9"
+        registered = float(version.tags["test_accuracy"])
+        assert registered == pytest.approx(json.loads((path / f"metrics/{d}.json").read_text())["test_accuracy"])
+        images = np.load(path / f"data/split/{d}/test_images.npy")
+        labels = np.load(path / f"data/split/{d}/test_labels.npy")
+        uri = f"models:/{record['registered_model']}/{record['version']}"
+        pyfunc = np.asarray(mlflow.pyfunc.load_model(uri).predict(images))
+        assert float(np.mean(pyfunc.argmax(axis=1) == labels)) == pytest.approx(registered)
+        model = keras.models.load_model(path / f"models/{d}/model.keras")
+        assert model.layers[-1].name == "mean_over_views"  # the saved, logged and served graph averages 6 views
+        np.testing.assert_allclose(pyfunc, model.predict(images, verbose=0), atol=1e-5)
+        np.save(user_inputs / f"{d}-test.npy", images)
+        out = json.loads(predict(path, uri, str(user_inputs / f"{d}-test.npy"), "--format", "json").stdout)
+        top1 = np.array([row["top5"][0]["class"] for row in out])
+        names = np.array(json.loads((path / f"models/{d}/classes.json").read_text())["names"])
+        assert float(np.mean(top1 == names[labels])) == pytest.approx(registered)
+    # The README's `mlflow models serve` line, by alias, and a request as the README's curl sends it.
+    with served(path, f"models:/{record['registered_model']}@newest") as url:  # the last dataset's model
+        np.testing.assert_allclose(served_predictions(url, images[:4]), pyfunc[:4], atol=1e-5)
+        wrong = json.dumps({"inputs": np.zeros((1, 28, 28), np.uint8).tolist()}).encode()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(url, wrong, {"Content-Type": "application/json"}), timeout=60)
+        assert refused.value.code == 400

@@ -129,3 +129,54 @@ def test_a_compiled_model_with_a_schedule_and_smoothing_saves_and_loads(tmp_path
     assert loaded.loss.label_smoothing == pytest.approx(0.1)
     assert int(loaded.optimizer.iterations) == 2
     assert last_step_rate(loaded.optimizer) == pytest.approx(last_step_rate(model.optimizer))
+
+
+def test_triangular_rises_linearly_then_falls_linearly_to_zero():
+    triangle = dataclasses.replace(STEP, kind="triangular", warmup_fraction=0.2)  # 20 of 100 steps
+    schedule = learning_rate_schedule(0.4, triangle, SPE, 10)
+    rates = [rate_at(schedule, step) for step in (0, 10, 20, 60, 100)]
+    assert rates == pytest.approx([0.0, 0.2, 0.4, 0.2, 0.0], abs=1e-7)
+
+
+def test_a_triangular_schedule_comes_back_from_a_checkpoint(tmp_path):
+    settings = dataclasses.replace(
+        load_params(PROJECT_PARAMS).train,
+        optimizer="sgd",
+        jit_compile=False,
+        lr_schedule=dataclasses.replace(STEP, kind="triangular", warmup_fraction=0.5),
+        epochs=2,
+    )
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, activation="softmax")])
+    compile_classifier(model, settings, steps_per_epoch=2)
+    model.fit(np.zeros((4, 2), np.float32), np.zeros(4, np.int32), batch_size=2, epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert last_step_rate(loaded.optimizer) == pytest.approx(last_step_rate(model.optimizer))
+    assert last_step_rate(model.optimizer) == pytest.approx(settings.learning_rate * 0.5)  # step 1 of 2 warm-up
+
+
+def test_weight_averaging_puts_the_average_in_place_when_fit_ends():
+    """Keras's use_ema: during fit the weights train; at its end they become the moving average."""
+    settings = dataclasses.replace(
+        load_params(PROJECT_PARAMS).train,
+        optimizer="sgd",
+        ema_momentum=0.5,
+        learning_rate=0.1,
+        momentum=0.0,
+        jit_compile=False,
+        lr_schedule=dataclasses.replace(STEP, kind="constant", boundaries=()),
+    )
+    optimizer = build_optimizer(settings, steps_per_epoch=SPE)
+    assert optimizer.use_ema and optimizer.ema_momentum == pytest.approx(0.5)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")])
+    model.compile(optimizer=optimizer, loss="mse")
+    # d(mse)/dw = 2 (w x - y) x = -2 for w = 0, x = 1, y = 1: with rate 0.1, w goes 0 -> 0.2 -> 0.36
+    live = []
+    probe = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda b, logs: live.append(float(model.weights[0][0, 0]))
+    )
+    model.fit(np.ones((2, 1)), np.ones((2, 1)), batch_size=1, epochs=1, verbose=0, callbacks=[probe])
+    assert live == pytest.approx([0.2, 0.36])
+    # Keras starts the average at the first step's weights (0.2), then 0.5 * 0.2 + 0.5 * 0.36 = 0.28
+    assert float(model.weights[0][0, 0]) == pytest.approx(0.28)
+    assert not build_optimizer(load_params(PROJECT_PARAMS).train, steps_per_epoch=SPE).use_ema

@@ -15,12 +15,15 @@ import keras
 import mlflow
 import numpy as np
 import pytest
+import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
 from cifar_pipeline import cli, training
 from cifar_pipeline.checkpoint import CHECKPOINT_ROOT
 from cifar_pipeline.input_pipeline import steps_per_epoch
 from cifar_pipeline.layout import MODEL_FILE
+from cifar_pipeline.model import patch_whitening
+from cifar_pipeline.normalize import ChannelStats
 from cifar_pipeline.outputs import save_arrays, write_json
 from cifar_pipeline.params import ModelParams, load_params
 from cifar_pipeline.recipe import learning_rate_schedule
@@ -290,3 +293,34 @@ def test_a_swallowed_ctrl_c_still_stops_training_at_the_next_batch(setup, monkey
     client, run = only_run(setup[3])
     assert run.info.status == "KILLED"
     assert steps(client, run.info.run_id) == [1]  # stopped in epoch 2, before it was committed
+
+
+def test_refreshed_batchnorm_statistics_are_the_mean_over_the_batches():
+    inputs = keras.Input((2,))
+    norm = keras.layers.BatchNormalization(momentum=0.99)
+    model = keras.Model(inputs, norm(inputs))
+    batches = [np.array([[0.0, 1.0], [2.0, 3.0]], np.float32), np.array([[4.0, 5.0], [6.0, 9.0]], np.float32)]
+    data = tf.data.Dataset.from_tensor_slices((np.stack(batches), np.zeros((2, 2), np.int32)))
+    training.refresh_batchnorm_statistics(model, data, count=2)
+    np.testing.assert_allclose(norm.moving_mean.numpy(), np.mean([b.mean(axis=0) for b in batches], axis=0))
+    np.testing.assert_allclose(norm.moving_variance.numpy(), np.mean([b.var(axis=0) for b in batches], axis=0))
+    assert norm.momentum == 0.99  # the layer's own momentum is put back
+
+
+def test_the_fast_network_trains_and_exports_its_views_and_whitening(setup):
+    """airbench with weight averaging and flip views: model.keras is the graph evaluate and serving run."""
+    params, split, stats, tmp = setup
+    fast = dataclasses.replace(
+        params.train.model, kind="airbench", widths=(4, 8, 8), bn_momentum=0.6, bn_scale=False, test_views="flip"
+    )
+    train_settings = dataclasses.replace(params.train, epochs=2, model=fast, ema_momentum=0.9, optimizer="sgd")
+    run_train((dataclasses.replace(params, train=train_settings), split, stats, tmp))
+    model = keras.models.load_model(tmp / "models" / MODEL_FILE)
+    classifier = model.get_layer("cifar_model")
+    assert [layer.name for layer in model.layers][-1] == "mean_over_views"
+    images = np.load(split / "train_images.npy")
+    expected = patch_whitening(images, ChannelStats.read(stats))
+    np.testing.assert_array_equal(classifier.get_layer("whiten").get_weights()[0], expected)
+    sample = images[:4]
+    views = np.mean([classifier.predict(v, verbose=0) for v in (sample, sample[:, :, ::-1])], axis=0)
+    np.testing.assert_allclose(model.predict(sample, verbose=0), views, rtol=1e-5, atol=1e-6)

@@ -28,11 +28,14 @@ def _options() -> tf.data.Options:
 
 
 def augmenter(params: AugmentParams, seed: int, fill: Sequence[float]) -> Callable[[tf.Tensor], tf.Tensor]:
-    """Random horizontal flip, then a random shift up to `shift` px whose uncovered border is `fill`.
+    """Random horizontal flip, then a random shift up to `shift` px.
 
-    `fill` is the training split's mean colour: the seed shifted normalised images with
-    zero fill, which is that colour. RandomTranslation fills with one constant for every
-    channel, so the shift runs on centred pixels (fill 0) and the mean is added back.
+    With `params.fill` "mean" the uncovered border is `fill`, the training split's mean
+    colour: the seed shifted normalised images with zero fill, which is that colour.
+    RandomTranslation fills with one constant for every channel, so the shift runs on
+    centred pixels (fill 0) and the mean is added back. "reflect" mirrors the pixels next
+    to the border into it instead (airbench's reflect-padded crops), so no flat band is
+    left for the network to learn.
     """
     # float32 whatever the global precision policy: pixel values need more than bfloat16's 8 bits.
     flip = keras.layers.RandomFlip("horizontal", seed=seed, dtype="float32") if params.flip else None
@@ -42,13 +45,13 @@ def augmenter(params: AugmentParams, seed: int, fill: Sequence[float]) -> Callab
         shift = keras.layers.RandomTranslation(
             fraction,
             fraction,
-            fill_mode="constant",
+            fill_mode="constant" if params.fill == "mean" else "reflect",
             fill_value=0.0,
             interpolation="nearest",
             seed=seed + 1,
             dtype="float32",
         )
-    mean = tf.constant(fill, tf.float32)
+    mean = tf.constant(fill if params.fill == "mean" else (0.0, 0.0, 0.0), tf.float32)
 
     def augment(images: tf.Tensor) -> tf.Tensor:
         x = tf.cast(images, tf.float32)

@@ -22,7 +22,10 @@ from cifar_pipeline.errors import PipelineError
 from cifar_pipeline.outputs import atomic_file
 
 DEFAULT_PATH = Path("params.yaml")
-LR_SCHEDULES = ("step", "constant", "cosine")
+LR_SCHEDULES = ("step", "constant", "cosine", "triangular")
+MODEL_KINDS = ("seed", "airbench")
+FILLS = ("mean", "reflect")
+TEST_VIEWS = ("none", "flip", "flip_translate")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 DISTRIBUTE = ("auto", "none", "mirrored", "multi_worker")
 MAX_SEED = 2**32 - 1  # NumPy's legacy seeding, which Keras uses, takes 32 bits
@@ -54,6 +57,12 @@ class ModelParams:
     dropouts: tuple[float, ...]
     dense_units: int
     activation: str
+    # The defaults are the seed network's, so code that names only the fields above builds it.
+    kind: str = "seed"
+    widths: tuple[int, ...] = (64, 256, 256)
+    bn_momentum: float = 0.99
+    bn_scale: bool = True
+    test_views: str = "none"
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,7 @@ class ScheduleParams:
 class AugmentParams:
     flip: bool
     shift: int
+    fill: str = "mean"
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,7 @@ class TrainParams:
     weight_decay: float
     momentum: float
     label_smoothing: float
+    ema_momentum: float | None
     jit_compile: str | bool
     mixed_precision: str | bool
     distribute: str
@@ -179,12 +190,28 @@ def _check_subsample(split: SplitParams, dataset: str, num_classes: int) -> None
 
 def model_weights(model: ModelParams, num_classes: int) -> int:
     """Weights (trainable and BatchNormalization's) of `model.build_classifier`, without building it."""
+    if model.kind == "airbench":
+        return airbench_weights(model, num_classes)
     total, channels, side = 0, 3, 32
     for filters in model.filters:
         total += (9 * channels + 1) * filters + (9 * filters + 1) * filters + 2 * 4 * filters
         channels, side = filters, side // 2
     flat = side * side * channels
     return total + (flat + 1) * model.dense_units + (model.dense_units + 1) * num_classes
+
+
+WHITENING_FILTERS = 24  # a 2x2x3 patch has 12 dimensions; each eigenvector and its negative
+
+
+def airbench_weights(model: ModelParams, num_classes: int) -> int:
+    """The bias-free patch-whitening convolution, three groups of two bias-free convs with their
+    BatchNormalization (4 weights a channel with a learned scale, 3 without), a bias-free head."""
+    per_bn = 4 if model.bn_scale else 3
+    total, channels = 12 * WHITENING_FILTERS, WHITENING_FILTERS
+    for width in model.widths:
+        total += 9 * channels * width + 9 * width * width + 2 * per_bn * width
+        channels = width
+    return total + channels * num_classes
 
 
 def _check_model_size(model: ModelParams, num_classes: int) -> None:
@@ -270,6 +297,7 @@ def _train(value: Any) -> TrainParams:
             "weight_decay",
             "momentum",
             "label_smoothing",
+            "ema_momentum",
             "jit_compile",
             "mixed_precision",
             "distribute",
@@ -297,6 +325,7 @@ def _train(value: Any) -> TrainParams:
         weight_decay=decay,
         momentum=_fraction(section["momentum"], "train.momentum"),
         label_smoothing=_fraction(section["label_smoothing"], "train.label_smoothing"),
+        ema_momentum=_ema(section["ema_momentum"]),
         jit_compile=_auto_or_bool(section["jit_compile"], "train.jit_compile"),
         mixed_precision=_auto_or_bool(section["mixed_precision"], "train.mixed_precision"),
         distribute=_choice(section["distribute"], "train.distribute", DISTRIBUTE),
@@ -320,24 +349,56 @@ def _schedule(value: Any) -> ScheduleParams:
     if not 0.0 < factor <= 1.0:
         raise ParamsError(f"params.yaml: train.lr_schedule.factor must be in (0, 1], got {factor}")
     warmup = _fraction(section["warmup_fraction"], "train.lr_schedule.warmup_fraction")
-    if warmup and kind != "cosine":
+    if warmup and kind not in ("cosine", "triangular"):
         raise ParamsError(
-            f"params.yaml: train.lr_schedule.warmup_fraction is {warmup}, but only the cosine schedule warms up; "
-            f"set train.lr_schedule.kind to cosine, or warmup_fraction to 0"
+            f"params.yaml: train.lr_schedule.warmup_fraction is {warmup}, but only the cosine and triangular "
+            f"schedules warm up; set train.lr_schedule.kind to one of them, or warmup_fraction to 0"
         )
     return ScheduleParams(kind=kind, boundaries=boundaries, factor=factor, warmup_fraction=warmup)
 
 
 def _augment(value: Any) -> AugmentParams:
-    section = _mapping(value, "train.augment", {"flip", "shift"})
-    flip = section["flip"]
-    if not isinstance(flip, bool):
-        raise ParamsError(f"params.yaml: train.augment.flip must be true or false, got {flip!r}")
-    return AugmentParams(flip=flip, shift=_integer(section["shift"], "train.augment.shift", minimum=0, maximum=16))
+    section = _mapping(value, "train.augment", {"flip", "shift", "fill"})
+    return AugmentParams(
+        flip=_boolean(section["flip"], "train.augment.flip"),
+        shift=_integer(section["shift"], "train.augment.shift", minimum=0, maximum=16),
+        fill=_choice(section["fill"], "train.augment.fill", FILLS),
+    )
+
+
+def _ema(value: Any) -> float | None:
+    """null: train without weight averaging; else the averaging momentum, e.g. 0.99 (~100 steps)."""
+    if value is None:
+        return None
+    momentum = _fraction(value, "train.ema_momentum")
+    if momentum == 0.0:
+        raise ParamsError(
+            "params.yaml: train.ema_momentum is 0, which averages nothing; set null to train without "
+            "weight averaging, or a momentum such as 0.99"
+        )
+    return momentum
+
+
+MODEL_KEYS = {
+    "kind",
+    "filters",
+    "dropouts",
+    "dense_units",
+    "activation",
+    "widths",
+    "bn_momentum",
+    "bn_scale",
+    "test_views",
+}
 
 
 def _model(value: Any) -> ModelParams:
-    section = _mapping(value, "train.model", {"filters", "dropouts", "dense_units", "activation"})
+    section = _mapping(value, "train.model", MODEL_KEYS)
+    widths = tuple(_integer_list(section["widths"], "train.model.widths", minimum=1))
+    if len(widths) != 3:
+        raise ParamsError(
+            f"params.yaml: train.model.widths must list the airbench network's 3 group widths, got {list(widths)}"
+        )
     filters = tuple(_integer_list(section["filters"], "train.model.filters", minimum=1))
     if len(filters) > 5:
         raise ParamsError(
@@ -359,6 +420,11 @@ def _model(value: Any) -> ModelParams:
         dropouts=rates,
         dense_units=_integer(section["dense_units"], "train.model.dense_units", minimum=1),
         activation=activation,
+        kind=_choice(section["kind"], "train.model.kind", MODEL_KINDS),
+        widths=widths,
+        bn_momentum=_fraction(section["bn_momentum"], "train.model.bn_momentum"),
+        bn_scale=_boolean(section["bn_scale"], "train.model.bn_scale"),
+        test_views=_choice(section["test_views"], "train.model.test_views", TEST_VIEWS),
     )
 
 
@@ -398,6 +464,12 @@ def _choice(value: Any, where: str, allowed: tuple[str, ...]) -> str:
         raise ParamsError(
             f"params.yaml: {where} must be one of {list(allowed)}, got {value!r}{_did_you_mean(value, allowed)}"
         )
+    return value
+
+
+def _boolean(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ParamsError(f"params.yaml: {where} must be true or false, got {value!r}")
     return value
 
 

@@ -24,8 +24,9 @@ def learning_rate_schedule(
     from the first step of each boundary epoch (0-based). `cosine`: cosine decay from
     `peak` to 0 over the run; with `warmup_fraction`, a linear rise from 0 to `peak` over
     that share of the run's steps first: the one-cycle shape (Keras's CosineDecay with
-    `warmup_target`). Both scale with `epochs`, so a 15-epoch try anneals as fully as a
-    200-epoch run, where fixed `step` boundaries at epoch 50+ would never fire.
+    `warmup_target`). `triangular`: the same rise, then a straight line down to 0 at the
+    last step (airbench's shape). They scale with `epochs`, so a 15-epoch try anneals as
+    fully as a 200-epoch run, where fixed `step` boundaries at epoch 50+ would never fire.
     """
     if params.kind == "constant" or (params.kind == "step" and not params.boundaries):
         return peak
@@ -38,6 +39,8 @@ def learning_rate_schedule(
         )
     total = epochs * steps_per_epoch
     warmup = round(params.warmup_fraction * total)
+    if params.kind == "triangular":
+        return Triangular(peak, warmup, total)
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0 if warmup else peak,
         decay_steps=max(total - warmup, 1),
@@ -47,15 +50,43 @@ def learning_rate_schedule(
     )
 
 
+@keras.saving.register_keras_serializable(package="cifar_pipeline")
+class Triangular(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear from 0 to `peak` over `warmup_steps`, then linear to 0 at `total_steps`.
+
+    Keras has no linear warm-up with a linear decay; saved with the optimizer, so a resumed
+    run continues it. Only checkpoints hold it: the exported model has no optimizer.
+    """
+
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int) -> None:
+        self.peak = peak
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        up = step / max(self.warmup_steps, 1)
+        down = (self.total_steps - step) / max(self.total_steps - self.warmup_steps, 1)
+        return self.peak * keras.ops.clip(keras.ops.minimum(up, down), 0.0, 1.0)
+
+    def get_config(self) -> dict:
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps}
+
+
 def build_optimizer(settings: TrainParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """Adam (the seed's), AdamW or SGD with Nesterov momentum; weight decay is decoupled."""
+    """Adam (the seed's), AdamW or SGD with Nesterov momentum; weight decay is decoupled.
+
+    With `ema_momentum`, the optimizer keeps a moving average of the weights (Keras's
+    `use_ema`) and puts it in their place when `fit` ends; the model is saved with it.
+    """
     rate = learning_rate_schedule(settings.learning_rate, settings.lr_schedule, steps_per_epoch, settings.epochs)
+    ema = {"use_ema": True, "ema_momentum": settings.ema_momentum} if settings.ema_momentum else {}
     if settings.optimizer == "adam":
-        return keras.optimizers.Adam(rate)
+        return keras.optimizers.Adam(rate, **ema)
     if settings.optimizer == "adamw":
-        return keras.optimizers.AdamW(rate, weight_decay=settings.weight_decay)
+        return keras.optimizers.AdamW(rate, weight_decay=settings.weight_decay, **ema)
     return keras.optimizers.SGD(
-        rate, momentum=settings.momentum, nesterov=True, weight_decay=settings.weight_decay or None
+        rate, momentum=settings.momentum, nesterov=True, weight_decay=settings.weight_decay or None, **ema
     )
 
 

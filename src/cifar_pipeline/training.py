@@ -20,11 +20,12 @@ from cifar_pipeline.figures import training_curves
 from cifar_pipeline.hardware import has_gpu, precision_policy
 from cifar_pipeline.input_pipeline import evaluation_dataset, steps_per_epoch, training_dataset
 from cifar_pipeline.layout import CLASSES_FILE, MODEL_FILE, RUN_FILE
-from cifar_pipeline.model import build_classifier, exportable
+from cifar_pipeline.model import build_classifier, exportable, set_whitening
 from cifar_pipeline.normalize import ChannelStats
 from cifar_pipeline.outputs import atomic_dir, load_array, read_json, write_csv, write_json
 from cifar_pipeline.params import Params, TrainParams, flatten
 from cifar_pipeline.recipe import compile_classifier, last_step_rate
+from cifar_pipeline.views import with_test_views
 
 # The DVC plots' columns: loss and accuracy apart, as their scales differ (loss up to ~5 on
 # CIFAR-100, accuracy 0-1); the learning rate and timings are in MLflow.
@@ -92,11 +93,58 @@ class EpochLogger(keras.callbacks.Callback):
         mlflow.log_metrics(metrics, step=epoch + 1)
 
 
-def new_classifier(settings: TrainParams, num_classes: int, stats: ChannelStats, train_images: int) -> keras.Model:
-    """The params' network, compiled with the params' recipe: what `fit_classifier` trains."""
+# Batches whose statistics replace BatchNormalization's after weight averaging: 12,800 images
+# at the default batch size, enough for a mean and variance per channel.
+REFRESH_BATCHES = 100
+
+
+def new_classifier(
+    settings: TrainParams, num_classes: int, stats: ChannelStats, train_images: np.ndarray
+) -> keras.Model:
+    """The params' network, compiled with the params' recipe: what `fit_classifier` trains.
+
+    An airbench network's frozen whitening filters come from `train_images` (the training split only).
+    """
     classifier = build_classifier(settings.model, num_classes=num_classes, stats=stats)
-    compile_classifier(classifier, settings, steps_per_epoch(train_images, settings.batch_size))
+    set_whitening(classifier, train_images, stats)
+    compile_classifier(classifier, settings, steps_per_epoch(len(train_images), settings.batch_size))
     return classifier
+
+
+def refresh_batchnorm_statistics(model: keras.Model, batches: tf.data.Dataset, count: int) -> None:
+    """Recompute BatchNormalization's running statistics as the plain mean over `count` batches.
+
+    Weight averaging (`use_ema`) averages only trainable weights: the running statistics
+    left in BatchNormalization were measured with the last weights, not the averaged ones.
+    One forward pass in training mode per batch, each layer's momentum set so that the
+    running value becomes the mean of the batches seen so far.
+    """
+    norms = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in norms]
+    try:
+        for seen, (images, _labels) in enumerate(batches.take(count)):
+            for layer in norms:
+                layer.momentum = seen / (seen + 1)
+            model(images, training=True)
+    finally:
+        for layer, momentum in zip(norms, momenta, strict=True):
+            layer.momentum = momentum
+
+
+def export_model(
+    classifier: keras.Model, settings: TrainParams, train: tuple[np.ndarray, np.ndarray], stats: ChannelStats
+) -> keras.Model:
+    """What is saved, logged, evaluated and served: the trained classifier without its compile
+    state, BatchNormalization statistics remeasured if its weights were averaged, wrapped in
+    the params' test-time views."""
+    model = exportable(classifier)
+    if settings.ema_momentum:
+        images, labels = train
+        batches = training_dataset(images, labels, settings.batch_size, settings.augment, settings.seed, stats.mean)
+        refresh_batchnorm_statistics(
+            model, batches, min(REFRESH_BATCHES, steps_per_epoch(len(images), settings.batch_size))
+        )
+    return with_test_views(model, settings.model.test_views)
 
 
 def fit_classifier(
@@ -171,7 +219,7 @@ def train(
                 checkpoints.discard(str(err))
                 saved = None
         if classifier is None:
-            classifier = new_classifier(settings, len(classes), stats, len(train_images))
+            classifier = new_classifier(settings, len(classes), stats, train_images)
     distribution.prepare(classifier)
 
     def fit(initial_epoch: int = 0, callbacks: tuple[keras.callbacks.Callback, ...] = ()) -> None:
@@ -227,7 +275,7 @@ def train(
                 state.rows, state.epochs_done, state.model_file = saved.rows, saved.epochs_done, saved.model_file
                 tracking.log_missing_epochs(run_id, state.rows)
         fit(state.epochs_done, (EpochLogger(len(train_images), checkpoints if resumable else None, state),))
-        model = exportable(classifier)
+        model = export_model(classifier, settings, (train_images, train_labels), stats)
         mlflow.log_figure(training_curves(state.rows, f"{dataset}: training curves"), "plots/training_curves.png")
         about = {"names": classes, "dataset": dataset, "label_mode": split_classes["label_mode"]}
         model_uri = log_model(model, sample=val_images[:8], about=about)
