@@ -9,6 +9,7 @@ validation_only (pipeline only: skip the test set, for choosing recipes).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -30,8 +31,11 @@ from cifar_pipeline.model import exportable
 from cifar_pipeline.normalize import ChannelStats
 from cifar_pipeline.outputs import load_array, read_json
 from cifar_pipeline.params import parse_params
-from cifar_pipeline.training import fit_classifier, new_classifier
+from cifar_pipeline.training import export_model, fit_classifier, new_classifier
+from cifar_pipeline.views import VIEWS, with_test_views
+from recipes import apply_overrides
 from seed_port import SeedPortOptions, train_seed_port
+from train_speed import forward_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,21 +52,11 @@ class EpochClock(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """`a.b.c=value` with a YAML value, like `dvc exp run -S`; the key must already exist."""
-    for override in overrides:
-        key, _, value = override.partition("=")
-        *parents, leaf = key.split(".")
-        node = raw
-        for part in parents:
-            node = node[part]
-        if leaf not in node:
-            raise KeyError(f"override {override!r}: {key} is not in params.yaml")
-        node[leaf] = yaml.safe_load(value)
-    return raw
+def accuracy(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(model.predict(images, batch_size=500, verbose=0).argmax(axis=1) == labels))
 
 
-def run_pipeline(config: dict, split: Path, clock: EpochClock) -> tuple[dict, np.ndarray | None, str]:
+def run_pipeline(config: dict, split: Path, clock: EpochClock) -> tuple[dict, np.ndarray | None, str, dict]:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     overrides = [*config.get("overrides", []), f"train.epochs={config['epochs']}", f"train.seed={config['seed']}"]
     settings = parse_params(apply_overrides(raw, overrides)).train
@@ -71,27 +65,31 @@ def run_pipeline(config: dict, split: Path, clock: EpochClock) -> tuple[dict, np
     keras.mixed_precision.set_global_policy(policy)
     classes = read_json(split / "classes.json")["names"]
     stats = ChannelStats.read(split / "stats.json")
-    train_images = load_array(split, "train_images")
-    classifier = new_classifier(settings, len(classes), stats, len(train_images))
-    history = fit_classifier(
-        classifier,
-        settings,
-        (train_images, load_array(split, "train_labels")),
-        (load_array(split, "val_images"), load_array(split, "val_labels")),
-        stats,
-        callbacks=[clock],
-    )
-    # Scored as the evaluate stage does: the saved model's graph on raw uint8 test images.
+    train = (load_array(split, "train_images"), load_array(split, "train_labels"))
+    validation = (load_array(split, "val_images", mmap=False), load_array(split, "val_labels", mmap=False))
+    classifier = new_classifier(settings, len(classes), stats, train[0])
+    history = fit_classifier(classifier, settings, train, validation, stats, callbacks=[clock])
+    # The exported model on validation, with each choice of test-time views and, after
+    # weight averaging, with BatchNormalization's statistics as training left them: what
+    # those two params are chosen by, at no extra training.
+    no_views = dataclasses.replace(settings, model=dataclasses.replace(settings.model, test_views="none"))
+    plain = export_model(classifier, no_views, train, stats)
+    # Scored as the evaluate stage does: the exported model's graph (export_model's) on raw uint8 test images.
+    model = with_test_views(plain, settings.model.test_views)
+    exported = {f"val_accuracy_views_{views}": accuracy(with_test_views(plain, views), *validation) for views in VIEWS}
+    exported["forward_flops"] = forward_flops(classifier)
+    exported["test_views"] = len(VIEWS[settings.model.test_views])
+    if settings.ema_momentum:
+        exported["val_accuracy_stale_batchnorm"] = accuracy(exportable(classifier), *validation)
     if config.get("validation_only"):
-        return history.history, None, policy
-    model = exportable(classifier)
+        return history.history, None, policy, exported
     probabilities = model.predict(load_array(split, "test_images", mmap=False), batch_size=500, verbose=0)
-    return history.history, probabilities, policy
+    return history.history, probabilities, policy, exported
 
 
-def run_seed_port(config: dict, split: Path, clock: EpochClock) -> tuple[dict, np.ndarray, str]:
+def run_seed_port(config: dict, split: Path, clock: EpochClock) -> tuple[dict, np.ndarray, str, dict]:
     classes = read_json(split / "classes.json")["names"]
-    _model, history, probabilities = train_seed_port(
+    model, history, probabilities = train_seed_port(
         *(load_array(split, name, mmap=False) for name in ("train_images", "train_labels", "val_images", "val_labels")),
         load_array(split, "test_images", mmap=False),
         epochs=config["epochs"],
@@ -100,7 +98,8 @@ def run_seed_port(config: dict, split: Path, clock: EpochClock) -> tuple[dict, n
         options=SeedPortOptions(**config.get("port", {})),
         callbacks=[clock],
     )
-    return history.history, probabilities, keras.mixed_precision.global_policy().name
+    exported = {"forward_flops": forward_flops(model), "test_views": 1}
+    return history.history, probabilities, keras.mixed_precision.global_policy().name, exported
 
 
 def main() -> None:
@@ -109,7 +108,7 @@ def main() -> None:
     clock = EpochClock()
     start = time.perf_counter()
     runner = run_pipeline if config["contender"] == "pipeline" else run_seed_port
-    history, probabilities, policy = runner(config, split, clock)
+    history, probabilities, policy, exported = runner(config, split, clock)
     wall = time.perf_counter() - start
     # A screening run (choosing a recipe) never looks at the test set.
     test = (
@@ -124,8 +123,10 @@ def main() -> None:
         **test,
         "final_val_accuracy": history["val_accuracy"][-1],
         "final_train_accuracy": history["accuracy"][-1],
+        **exported,
         "history": history,
         "epoch_seconds": clock.seconds,
+        "train_images": len(load_array(split, "train_labels")),
         "wall_s": wall,
     }
     print("RESULT " + json.dumps(result))

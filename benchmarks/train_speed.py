@@ -1,8 +1,9 @@
 """One training-speed measurement, run in its own process (TF reads its env vars at import).
 
 Usage: python benchmarks/train_speed.py CONFIG_JSON  -> prints one JSON line.
-CONFIG keys: pipeline ("ours" | "imagedatagenerator"), images, batch_size, epochs,
-jit_compile, autotune, classes. Set TF_ENABLE_ONEDNN_OPTS in the environment.
+CONFIG keys: pipeline ("ours" | "imagedatagenerator"), network ("seed", the default, or
+"fast": the README's fast network), images, batch_size, epochs, jit_compile, autotune,
+classes. Set TF_ENABLE_ONEDNN_OPTS in the environment.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # isort: off
 import cifar_pipeline  # noqa: F401  first: it sets TF's env defaults before TF is imported, as in the train stage
@@ -27,13 +29,19 @@ import tensorflow as tf
 # isort: on
 from cifar_pipeline.hardware import precision_policy
 from cifar_pipeline.input_pipeline import steps_per_epoch, training_dataset
-from cifar_pipeline.model import build_classifier
+from cifar_pipeline.model import build_classifier, set_whitening
 from cifar_pipeline.normalize import ChannelStats
-from cifar_pipeline.params import load_params
+from cifar_pipeline.params import parse_params, read_yaml
 from cifar_pipeline.recipe import compile_classifier
+from recipes import FAST_NETWORK, apply_overrides
 
-# The model and augmentation of the project's params.yaml (the seed recipe by default).
-TRAIN = load_params(Path(__file__).resolve().parents[1] / "params.yaml").train
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def settings(network: str):
+    """The project's params.yaml train section (the seed recipe), or with the fast network's overrides."""
+    raw = read_yaml(PARAMS.read_text())
+    return parse_params(apply_overrides(raw, FAST_NETWORK) if network == "fast" else raw).train
 
 
 def forward_flops(model) -> float:
@@ -106,7 +114,9 @@ def main() -> None:
     labels = rng.integers(0, config.get("classes", 10), n).astype(np.int32)
 
     keras.mixed_precision.set_global_policy(precision_policy(config.get("mixed_precision", "auto")))
+    TRAIN = settings(config.get("network", "seed"))
     model = build_classifier(TRAIN.model, config.get("classes", 10), stats)
+    set_whitening(model, images, stats)
     compile_classifier(model, TRAIN, steps_per_epoch(n, batch))
     if config.get("jit_compile"):
         model.jit_compile = True

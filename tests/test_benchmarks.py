@@ -33,13 +33,20 @@ def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
 def test_benchmark_smoke_run_writes_markdown_and_json(tmp_path):
     run_benchmark("run.py", "--smoke", "--out", str(tmp_path))
     data = json.loads((tmp_path / "results.json").read_text())
-    assert data["mode"] == "smoke"
+    assert data["mode"] == "smoke" and data["complete"]
     names = [r["name"] for r in data["training"]]
-    assert names == ["ours (train stage defaults)", "seed-style ImageDataGenerator"]
+    assert names == [
+        "ours (train stage defaults)",
+        "fast network (README's airbench recipe)",
+        "seed-style ImageDataGenerator",
+    ]
     for run in data["training"]:
-        assert run["steady_img_s"] > 0 and run["peak_gflops"]["matmul"] > 0
-        assert 300 < run["train_mflop_per_image"] < 350  # the seed model: ~108 MFLOP forward, x3
+        assert run["steady_img_s"] > 0 and run["peak_gflops"]["matmul"] > 0 and run["fraction_of_peak"] > 0
+    seed, fast, baseline = (run["train_mflop_per_image"] for run in data["training"])
+    assert 300 < seed < 350 and 300 < baseline < 350  # the seed model: ~108 MFLOP forward, x3
+    assert 650 < fast < 760  # airbench's shape: ~236 MFLOP forward, x3
     assert set(data["data_stages"]) >= {"download (parse archive)", "split", "normalize"}
+    # the no-op repro runs both datasets' stages, on archives the split stage accepts
     assert data["dvc"]["dvc repro"] > 0 and data["mlflow_log_s"] > 0
     report = (tmp_path / "results.md").read_text()
     assert "## Targets" in report and "seed-style ImageDataGenerator" in report
@@ -52,7 +59,12 @@ def run_accuracy_benchmark(out, archive, *extra: str) -> subprocess.CompletedPro
 def test_accuracy_benchmark_quick_run_compares_every_contender_over_seeds(tmp_path, archives):
     run_accuracy_benchmark(tmp_path, archives["cifar10"][0])
     data = json.loads((tmp_path / "results.json").read_text())
-    assert list(data["summary"]) == ["seed port (literal)", "pipeline defaults", "fast recipe"]
+    assert list(data["summary"]) == [
+        "seed port (literal)",
+        "seed network, defaults",
+        "seed network, fast recipe",
+        "fast network (airbench)",
+    ]
     for name, summary in data["summary"].items():
         assert summary["seeds"] == [1, 2], name
         mean, std = summary["test_accuracy"]
@@ -63,8 +75,14 @@ def test_accuracy_benchmark_quick_run_compares_every_contender_over_seeds(tmp_pa
     assert data["summary"]["seed port (literal)"]["dtype_policy"] == "float32"
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     report = (tmp_path / "results.md").read_text()
-    assert "| seed port (literal) |" in report and "| fast recipe |" in report
-    assert "| fast recipe | pipeline defaults |" in report  # the one-difference table
+    assert "| seed port (literal) |" in report and "| fast network (airbench) |" in report
+    assert "| seed network, fast recipe | seed network, defaults |" in report  # the one-difference table
+    assert "## Time to accuracy" in report and "## Projection to the full training set" in report
+    fast = data["summary"]["fast network (airbench)"]
+    assert (
+        fast["test_views"] == 2 and fast["forward_mflop"] > data["summary"]["seed network, defaults"]["forward_mflop"]
+    )
+    assert set(fast["time_to"]) == {"0.55", "0.65", "0.75"} and fast["images_per_second"] > 0
 
 
 def test_screening_never_reads_the_test_set(tmp_path, archives):
@@ -77,13 +95,14 @@ def test_screening_never_reads_the_test_set(tmp_path, archives):
     assert not (tmp_path / "results.json").exists()
 
 
-def test_readme_fast_recipe_is_the_one_the_benchmark_measures():
+def test_readme_recipes_are_the_ones_the_benchmarks_measure():
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from accuracy import FAST_RECIPE
+    from recipes import FAST_NETWORK, FAST_RECIPE
 
     readme = (ROOT / "README.md").read_text()
-    line = "dvc exp run " + " ".join(f"-S {shlex.quote(override)}" for override in FAST_RECIPE)
-    assert FAST_RECIPE and line in readme
+    for recipe in (FAST_RECIPE, FAST_NETWORK):
+        line = "dvc exp run " + " ".join(f"-S {shlex.quote(override)}" for override in recipe)
+        assert recipe and line in readme
 
 
 def test_footprint_benchmark_smoke_run_measures_cache_memory_and_speed(tmp_path):
