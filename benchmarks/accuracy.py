@@ -445,9 +445,16 @@ def main() -> None:
                 score = "val accuracy {final_val_accuracy:.3f}" if args.screen else "test accuracy {test_accuracy:.3f}"
                 print(f"  {score.format(**result)}, {result['wall_s']:.0f} s", flush=True)
                 results.setdefault(name, []).append(result)
+                if not args.screen:  # every finished run is kept: a later failure or Ctrl-C loses none
+                    save_report(args, images, epochs, seeds, chosen, start, results, complete=False)
     if args.screen:
         write_screening(args.out / "screening.md", results, images, epochs, seeds)
         return
+    save_report(args, images, epochs, seeds, chosen, start, results, complete=True)
+    render(args.out)
+
+
+def save_report(args, images, epochs, seeds, chosen, start, results, complete: bool) -> None:
     report = {
         "archive": args.archive.name,
         "images": images,
@@ -456,11 +463,11 @@ def main() -> None:
         "machine": machine(),
         "contenders": chosen,
         "total_s": time.perf_counter() - start,
+        "complete": complete,
         "summary": {name: summarise(runs) for name, runs in results.items()},
         "runs": results,
     }
     (args.out / "results.json").write_text(json.dumps(report, indent=1))
-    render(args.out)
 
 
 def render(out: Path) -> None:
