@@ -14,6 +14,7 @@ FAST_RECIPE: list[str] = [
     "train.learning_rate=0.05",
     "train.weight_decay=0.0005",
     "train.model.dropouts=[0.1,0.15,0.2,0.15]",
+    "train.lr_schedule.kind=triangular",
 ]
 
 # The fast network: airbench's shape and recipe (docs/networks.md), each setting chosen on
