@@ -19,7 +19,12 @@ if __name__ == "__main__":
         __doc__,
         arguments,
         lambda args, params: register_model(
-            args.dataset, args.split_dir, args.model_dir, args.metrics_json, args.out_json
+            args.dataset,
+            args.split_dir,
+            args.model_dir,
+            args.metrics_json,
+            args.out_json,
+            params.register.min_improvement,
         ),
         inputs=lambda args: {
             args.split_dir: f"split@{args.dataset}",

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+from mlflow.data.meta_dataset import MetaDataset
 
 from cifar_pipeline import tracking
 from cifar_pipeline.errors import PipelineError
 from cifar_pipeline.figures import confusion_matrix
-from cifar_pipeline.inference import load_model
+from cifar_pipeline.inference import LoadedModel, load_model
 from cifar_pipeline.layout import RUN_FILE
 from cifar_pipeline.outputs import atomic_file, load_array, read_json, write_csv, write_json
 
@@ -68,38 +69,59 @@ def evaluate_probabilities(probabilities: np.ndarray, labels: np.ndarray) -> Eva
     )
 
 
+def score(model: LoadedModel, split_dir: Path, what: str, fix: str = "run `dvc repro` to retrain it") -> Evaluation:
+    """A model's numbers on a split's raw uint8 test images: the evaluate stage's, and the register
+    stage's when it scores the champion on a candidate's test images."""
+    names = read_json(split_dir / "classes.json")["names"]
+    if model.class_names != names:
+        raise PipelineError(f"{what} was trained on other classes than {split_dir} holds; {fix}")
+    probabilities = model.predict(load_array(split_dir, "test_images", mmap=False))
+    return evaluate_probabilities(probabilities, load_array(split_dir, "test_labels", mmap=False))
+
+
+def test_images(dataset: str, trained: dict[str, str], split_dir: Path) -> MetaDataset:
+    """The split's test images as the MLflow dataset their metrics are linked to."""
+    return tracking.images_dataset(
+        dataset,
+        "test",
+        trained["data.url"],
+        trained["data.md5"],
+        trained["data.label_mode"],
+        load_array(split_dir, "test_indices"),
+    )
+
+
 @tracking.server_errors()
 def evaluate_model(
     dataset: str, split_dir: Path, model_dir: Path, metrics_json: Path, confusion_csv: Path, per_class_csv: Path
 ) -> None:
-    """Score the saved model on raw uint8 test images (exactly what users will feed it)."""
+    """Score the saved model on raw uint8 test images (exactly what users will feed it).
+
+    The metrics go to the training run and, linked to the test images, to its logged model:
+    MLflow 3's Models tab ranks by those, and the register stage reads them from there.
+    """
     names = read_json(split_dir / "classes.json")["names"]
     labels = load_array(split_dir, "test_labels", mmap=False)
-    model = load_model(model_dir)  # what `predict` loads: the same code, the same graph
-    if model.class_names != names:
-        raise PipelineError(
-            f"{model_dir} was trained on other classes than {split_dir} holds; run `dvc repro` to retrain it"
-        )
-    probabilities = model.predict(load_array(split_dir, "test_images", mmap=False))
-    result = evaluate_probabilities(probabilities, labels)
+    # What `predict` loads: the same code, the same graph.
+    result = score(load_model(model_dir), split_dir, str(model_dir))
     per_class = result.per_class(names)
     missing = [name for name, row in per_class.items() if not row["test_images"]]
 
-    run_id = read_json(model_dir / RUN_FILE)["run_id"]
+    trained_with = read_json(model_dir / RUN_FILE)
+    run_id = trained_with["run_id"]
+    model_id = tracking.model_id_of(trained_with.get("model_uri"))
     with tracking.reopen_run(run_id):
         run = mlflow.get_run(run_id)
         trained = run.data.params  # the archive the model was trained from
+        data = None
         if "data.md5" in trained:  # runs logged before dataset-neutral keys have no record of it
-            tracking.log_images_input(
-                dataset,
-                "test",
-                trained["data.url"],
-                trained["data.md5"],
-                trained["data.label_mode"],
-                load_array(split_dir, "test_indices"),
-            )
+            data = test_images(dataset, trained, split_dir)
+            mlflow.log_input(data, context="test")
+        held = tracking.model_scores(model_id, data.digest) if model_id and data else run.data.metrics
         # Once: a rerun after a kill must not append the same values to the metric history again.
-        mlflow.log_metrics({k: v for k, v in result.metrics().items() if run.data.metrics.get(k) != v})
+        new = {k: v for k, v in result.metrics().items() if held.get(k) != v}
+        if new:
+            mlflow.log_metrics(new, model_id=model_id, dataset=data)
         mlflow.log_dict(per_class, "metrics/per_class_accuracy.json")  # None = no test images
         mlflow.log_figure(
             confusion_matrix(result.confusion, names, f"{dataset}: test confusion matrix"), "plots/confusion_matrix.png"

@@ -100,11 +100,17 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
+class RegisterParams:
+    min_improvement: float  # a new version takes champion only by at least this much test accuracy
+
+
+@dataclass(frozen=True)
 class Params:
     datasets: tuple[str, ...]
     data: dict[str, DataParams]
     split: SplitParams
     train: TrainParams
+    register: RegisterParams
 
     def dataset(self, name: str) -> DataParams:
         if name not in self.datasets:
@@ -155,7 +161,7 @@ def mark_checked(marker: Path) -> None:
 
 
 def parse_params(raw: Any) -> Params:
-    top = _mapping(raw, "", {"datasets", "data", "split", "train"})
+    top = _mapping(raw, "", {"datasets", "data", "split", "train", "register"})
     datasets = _dataset_list(top["datasets"])
     data_raw = _mapping(top["data"], "data", set(SPECS), required=set(datasets))
     data = {name: _data(value, name) for name, value in data_raw.items()}
@@ -165,7 +171,7 @@ def parse_params(raw: Any) -> Params:
         classes = SPECS[name].num_classes[data[name].label_mode]
         _check_subsample(split, name, classes)
         _check_model_size(train.model, classes)
-    return Params(datasets=datasets, data=data, split=split, train=train)
+    return Params(datasets=datasets, data=data, split=split, train=train, register=_register(top["register"]))
 
 
 def minimum_train_images(num_classes: int, val_fraction: float) -> int:
@@ -355,6 +361,17 @@ def _schedule(value: Any) -> ScheduleParams:
             f"schedules warm up; set train.lr_schedule.kind to one of them, or warmup_fraction to 0"
         )
     return ScheduleParams(kind=kind, boundaries=boundaries, factor=factor, warmup_fraction=warmup)
+
+
+def _register(value: Any) -> RegisterParams:
+    section = _mapping(value, "register", {"min_improvement"})
+    margin = _number(section["min_improvement"], "register.min_improvement")
+    if not 0.0 < margin < 1.0:  # MLflow's validation needs a positive margin; 0.00001 is "any improvement"
+        raise ParamsError(
+            f"params.yaml: register.min_improvement must be above 0 and below 1 (a share of the test images, "
+            f"e.g. 0.005), got {margin}"
+        )
+    return RegisterParams(min_improvement=margin)
 
 
 def _augment(value: Any) -> AugmentParams:

@@ -1,14 +1,14 @@
 """The register stage: every evaluated model becomes a version in MLflow's Model Registry.
 
-One registered model per dataset and label set (`cifar10`, `cifar100`, `cifar100-coarse`).
-Two aliases move by a rule anyone can read:
-- `newest`: the newest evaluated version, always (MLflow reserves the alias name `latest`);
-- `champion`: a new version takes it only if its test accuracy beats the current champion's
-  **on the same test set** (same `test_set_digest`: archive MD5, label set and the exact test
-  indices); a model scored on a 1,000-image subsample never dethrones one scored on the full
-  10,000. With no champion yet, the first version takes it. A person may move it by hand; the
-  pipeline then moves it again only by the same rule.
-The decision is printed and recorded on the version as tags.
+One registered model per dataset and label set (`cifar10`, `cifar100`, `cifar100-coarse`), and
+two aliases:
+- `newest`: the highest version number (MLflow reserves the alias name `latest`);
+- `champion`: moved by `champion.decide`, on numbers the store holds for the candidate's test
+  images; a rival never scored on them is scored there first, with the evaluate stage's code,
+  and that score is kept on its logged model.
+The stage runs on every `dvc repro` (`always_changed`): a version, registered model or alias
+deleted in the store is put back and the repair printed. A version's claim to `champion` is
+decided once; the rule in full, and why: docs/registry.md.
 """
 
 from __future__ import annotations
@@ -18,23 +18,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from cifar_pipeline import tracking
+from cifar_pipeline.champion import Decision, Standing, decide
 from cifar_pipeline.errors import PipelineError, first_line
+from cifar_pipeline.evaluation import score, test_images
+from cifar_pipeline.inference import ModelLoadError, load_model
 from cifar_pipeline.layout import RUN_FILE
 from cifar_pipeline.outputs import atomic_file, load_array, read_json, write_json
+from cifar_pipeline.registry_lock import registration_lock
 
 NEWEST = "newest"  # MLflow reserves "latest" (models:/<name>/latest already means the newest version)
 CHAMPION = "champion"
 TEST_SET_TAG = "test_set_digest"
+DECISION_TAG = "champion_decision"
+TEST_METRICS = ("test_loss", "test_accuracy", "test_top5_accuracy")
 SHAPING_PARAMS = ("dataset", "data.url", "data.md5", "data.label_mode")  # plus every split.* and train.*
+AGREE = 1e-9  # a metric the file holds and the store holds: the same float, written by the same stage
 
 
 class RegistryError(PipelineError):
-    """The registry cannot be reached, or refused a registration."""
+    """The registry cannot be reached, refused a registration, or cannot confirm the numbers."""
 
 
 def registered_name(dataset: str, label_mode: str) -> str:
@@ -43,116 +51,220 @@ def registered_name(dataset: str, label_mode: str) -> str:
 
 
 @dataclass(frozen=True)
-class Decision:
-    champion: bool
-    reason: str
+class Candidate:
+    """The model this workspace trained and evaluated, and its test images."""
+
+    dataset: str
+    name: str
+    run_id: str
+    model_uri: str
+    model_id: str
+    split_dir: Path
+    images: MetaDataset
+    count: int
+    metrics: dict[str, float]  # as the store holds them
 
 
-def champion_decision(accuracy: float, digest: str, current: ModelVersion | None) -> Decision:
-    """The rule, on its own so it can be read and tested: beat the champion on the same test set."""
-    if current is None:
-        return Decision(True, "no champion yet")
-    theirs = current.tags.get(TEST_SET_TAG)
-    their_accuracy = float(current.tags.get("test_accuracy", "nan"))
-    if theirs != digest:
-        return Decision(False, f"champion v{current.version} was scored on another test set ({theirs}, not {digest})")
-    if accuracy > their_accuracy:
-        return Decision(True, f"test accuracy {accuracy:.4f} > champion v{current.version}'s {their_accuracy:.4f}")
-    return Decision(False, f"test accuracy {accuracy:.4f} <= champion v{current.version}'s {their_accuracy:.4f}")
-
-
-def _alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+def confirmed_metrics(dataset: str, run_id: str, model_id: str | None, digest: str, metrics_json: Path) -> dict:
+    """The candidate's test metrics from its logged model; refuse a metrics file that disagrees."""
+    redo = f"`dvc repro -f -s evaluate@{dataset}` rewrites it from the model, then run `dvc repro`"
+    if model_id is None:
+        raise RegistryError(
+            f"run {run_id} logged its model before models were MLflow 3 logged models, so the store holds no "
+            f"test metrics of it; retrain with `dvc repro --force train@{dataset}`"
+        )
+    held = tracking.model_scores(model_id, digest)
+    if any(key not in held for key in TEST_METRICS):
+        raise RegistryError(
+            f"MLflow holds no test metrics of model {model_id} (run {run_id}) on these test images ({digest}); {redo}"
+        )
+    written = read_json(metrics_json)
+    wrong = [
+        f"{key} {written.get(key)!r} in the file, {held[key]!r} in MLflow"
+        for key in TEST_METRICS
+        if not isinstance(written.get(key), int | float) or abs(float(written[key]) - held[key]) > AGREE
+    ]
+    if wrong:
+        raise RegistryError(
+            f"{metrics_json} disagrees with MLflow run {run_id} ({'; '.join(wrong)}): it was edited or is not "
+            f"this model's; {redo}"
+        )
+    return {key: held[key] for key in TEST_METRICS}
 
 
 @tracking.server_errors()
-def register_model(dataset: str, split_dir: Path, model_dir: Path, metrics_json: Path, out_json: Path) -> None:
-    """Register the evaluated model (once per run), tag it, move `newest` and maybe `champion`."""
+def register_model(
+    dataset: str, split_dir: Path, model_dir: Path, metrics_json: Path, out_json: Path, min_improvement: float
+) -> None:
+    """Register the evaluated model (once per run), repair what the store lost, move the aliases."""
     trained = read_json(model_dir / RUN_FILE)
     run_id = trained["run_id"]
-    metrics = read_json(metrics_json)
-    test_indices = load_array(split_dir, "test_indices")
+    model_uri = trained.get("model_uri") or f"runs:/{run_id}/model"
     uri = tracking.use_store()
     client = MlflowClient()
     run = tracking.training_run_of(run_id, dataset)
     params = run.data.params
-    label_mode = params["data.label_mode"]
-    name = registered_name(dataset, label_mode)
-    digest = tracking.images_digest(params["data.md5"], label_mode, test_indices)
-    tags = {
-        **{key: str(value) for key, value in metrics.items()},
-        TEST_SET_TAG: digest,
-        "test_images": str(len(test_indices)),
-        "dvc_experiment": run.data.tags.get("dvc_experiment", ""),
-        "git_commit": run.data.tags.get("git_commit", ""),
-        **{
-            f"param.{key}": value
-            for key, value in params.items()
-            if key in SHAPING_PARAMS or key.startswith(("split.", "train."))
-        },
-    }
-    model_uri = trained.get("model_uri") or f"runs:/{run_id}/model"
+    images = test_images(dataset, params, split_dir)
+    model_id = tracking.model_id_of(model_uri)
+    metrics = confirmed_metrics(dataset, run_id, model_id, images.digest, metrics_json)
+    candidate = Candidate(
+        dataset=dataset,
+        name=registered_name(dataset, params["data.label_mode"]),
+        run_id=run_id,
+        model_uri=model_uri,
+        model_id=model_id,
+        split_dir=split_dir,
+        images=images,
+        count=len(load_array(split_dir, "test_indices")),
+        metrics=metrics,
+    )
+    previous = read_json(out_json) if out_json.is_file() else {}  # persist: what DVC last recorded here
     version = None
     created = False
     try:
-        version = _version_of_run(client, name, run_id)
-        if version is None:
-            version, created = _new_version(client, name, run_id, model_uri, tags), True
-        current = _alias(client, name, CHAMPION)
-        if current is not None and str(current.version) == str(version.version):
-            decision = Decision(True, "already the champion")
-        else:
-            decision = champion_decision(float(metrics["test_accuracy"]), digest, current)
-        client.set_model_version_tag(name, version.version, "champion_decision", decision.reason)
-        client.set_registered_model_alias(name, NEWEST, version.version)
-        if decision.champion:
-            client.set_registered_model_alias(name, CHAMPION, version.version)
-    except MlflowException as err:
-        if created:  # no half-registered version: it goes, and the rerun registers it whole
-            with contextlib.suppress(MlflowException):
-                client.delete_model_version(name, version.version)
-        raise RegistryError(f"the model registry at {uri} refused: {first_line(err)}; run `dvc repro` again") from None
-    outcome = "is now champion" if decision.champion else "did not take champion"
-    where = f"models:/{name}/{version.version}"
-    print(f"{dataset}: registered {name} v{version.version} ({where}); {outcome}: {decision.reason}")
-    with atomic_file(out_json) as tmp:
-        write_json(
-            tmp,
-            {
-                "registered_model": name,
+        with registration_lock(client, candidate.name, say=lambda line: print(f"{dataset}: {line}")) as heartbeat:
+            version, created = _ensure_version(client, candidate, run, previous)
+            holder = _settle_champion(client, candidate, version, created, min_improvement, heartbeat)
+            newest = max(int(v.version) for v in _versions(client, candidate.name))
+            if _alias(client, candidate.name, NEWEST) != str(newest):
+                client.set_registered_model_alias(candidate.name, NEWEST, str(newest))
+            record = {
+                "registered_model": candidate.name,
                 "version": int(version.version),
                 "run_id": run_id,
-                "champion": decision.champion,
-                "decision": decision.reason,
-                TEST_SET_TAG: digest,
-            },
-        )
+                "model_id": model_id,
+                TEST_SET_TAG: images.digest,
+                "test_images": candidate.count,
+                "test_accuracy": metrics["test_accuracy"],
+                "champion": holder == str(version.version),
+                "champion_version": int(holder),
+            }
+            with atomic_file(out_json) as tmp:  # inside the lock: it agrees with the alias it just set
+                write_json(tmp, record)
+    except MlflowException as err:
+        if created and version is not None:  # no half-registered version: it goes, and the rerun registers it whole
+            with contextlib.suppress(MlflowException):
+                client.delete_model_version(candidate.name, version.version)
+        raise RegistryError(f"the model registry at {uri} refused: {first_line(err)}; run `dvc repro` again") from None
 
 
-def _version_of_run(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
-    """The version this run already has (a rerun after a kill registers nothing twice)."""
+def _alias(client: MlflowClient, name: str, alias: str) -> str | None:
     try:
-        found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
         return None
-    return found[0] if found else None
 
 
-def _new_version(client: MlflowClient, name: str, run_id: str, model_uri: str, tags: dict[str, str]) -> ModelVersion:
-    """Create the version with all its tags, or nothing: a failure deletes the half-made version."""
+def _versions(client: MlflowClient, name: str) -> list[ModelVersion]:
+    return list(client.search_model_versions(f"name = '{name}'"))
+
+
+def _ensure_version(client: MlflowClient, candidate: Candidate, run, previous: dict) -> tuple[ModelVersion, bool]:
+    """This run's version, registered now if the store does not have it (again, if it lost it)."""
+    name = candidate.name
+    say = f"{candidate.dataset}: "
     try:
         client.get_registered_model(name)
     except MlflowException:
+        if previous.get("registered_model") == name:
+            print(f"{say}repaired: the registered model {name} was gone from the store; created it again")
         client.create_registered_model(
             name, description=f"{name} image classifiers, registered by the pipeline's register stage"
         )
-    version = mlflow.register_model(model_uri, name, tags=tags)
+    found = client.search_model_versions(f"name = '{name}' and run_id = '{candidate.run_id}'")
+    if found:
+        version = found[0]
+        print(f"{say}{name} v{version.version} is this model's version (models:/{name}/{version.version}), as before")
+        return version, False
+    tags = {
+        **{key: str(value) for key, value in candidate.metrics.items()},
+        TEST_SET_TAG: candidate.images.digest,
+        "test_images": str(candidate.count),
+        "dvc_experiment": run.data.tags.get("dvc_experiment", ""),
+        "git_commit": run.data.tags.get("git_commit", ""),
+        "recipe": run.data.tags.get("recipe", ""),
+        **{
+            f"param.{key}": value
+            for key, value in run.data.params.items()
+            if key in SHAPING_PARAMS or key.startswith(("split.", "train."))
+        },
+    }
+    version = mlflow.register_model(candidate.model_uri, name, tags=tags)
+    client.set_model_version_tag(name, version.version, "run_id", candidate.run_id)
+    if previous.get("registered_model") == name and previous.get("run_id") == candidate.run_id:
+        print(
+            f"{say}repaired: v{previous['version']} of {name} was gone from the store; registered again as "
+            f"v{version.version}"
+        )
+    print(f"{say}registered {name} v{version.version} (models:/{name}/{version.version})")
+    return client.get_model_version(name, version.version), True
+
+
+def _settle_champion(
+    client: MlflowClient,
+    candidate: Candidate,
+    version: ModelVersion,
+    created: bool,
+    min_improvement: float,
+    heartbeat,
+) -> str:
+    """Move `champion` by the rule and return the version that holds it."""
+    name, mine, say = candidate.name, str(version.version), f"{candidate.dataset}: "
+    holder = _alias(client, name, CHAMPION)
+    if holder == mine:
+        print(f"{say}v{mine} holds champion")
+        return mine
+    if holder is not None and not created and DECISION_TAG in version.tags:
+        print(f"{say}v{holder} holds champion; v{mine}'s claim was decided: {version.tags[DECISION_TAG]}")
+        return holder
+    me = Standing(mine, candidate.metrics["test_accuracy"])
+    champion = holder and _standing(client, candidate, client.get_model_version(name, holder), heartbeat)
+    others: list[Standing] = []
+    if not champion:  # none, or one whose numbers cannot be confirmed: the best other version instead
+        rivals = [v for v in _versions(client, name) if str(v.version) not in (mine, holder)]
+        others = [s for v in rivals if (s := _standing(client, candidate, v, heartbeat)) is not None]
+        if others or not created:
+            print(f"{say}repaired: no version of {name} held a confirmed champion; deciding on these test images")
+    decision: Decision = decide(me, champion or None, others, min_improvement, candidate.count)
+    client.set_model_version_tag(name, mine, DECISION_TAG, decision.reason)
+    if decision.holder != holder:
+        client.set_registered_model_alias(name, CHAMPION, decision.holder)
+    outcome = "is now champion" if decision.holder == mine else f"v{decision.holder} holds champion"
+    print(f"{say}{outcome}: {decision.reason}")
+    return decision.holder
+
+
+def _standing(client: MlflowClient, candidate: Candidate, version: ModelVersion, heartbeat) -> Standing | None:
+    """A rival's test accuracy on the candidate's images: held by the store, or scored now and kept there.
+
+    None, with a printed line, for a version whose model cannot be loaded or holds other classes:
+    its numbers cannot be confirmed, so it cannot hold `champion`.
+    """
+    name, number = candidate.name, str(version.version)
+    model_id = version.model_id or tracking.model_id_of(version.source)
+    if model_id:
+        held = tracking.model_scores(model_id, candidate.images.digest)
+        if "test_accuracy" in held:
+            return Standing(number, held["test_accuracy"])
     try:
-        client.set_model_version_tag(name, version.version, "run_id", run_id)
-    except MlflowException:
-        client.delete_model_version(name, version.version)
-        raise
-    return client.get_model_version(name, version.version)
+        result = score(load_model(f"models:/{name}/{number}"), candidate.split_dir, f"{name} v{number}", "skipped")
+    except (ModelLoadError, PipelineError) as err:
+        print(f"{candidate.dataset}: v{number} is left out of the comparison: {err}")
+        return None
+    with mlflow.start_run(
+        experiment_id=tracking.configure(),
+        run_name=f"{name}-v{number}-on-{candidate.images.digest[:8]}",
+        tags={
+            "dataset": candidate.dataset,
+            "mlflow.parentRunId": candidate.run_id,  # shown under the candidate's run: the evidence of its decision
+            "scored_version": f"{name}/{number}",
+        },
+    ):
+        mlflow.log_input(candidate.images, context="test")
+        mlflow.log_metrics(result.metrics(), model_id=model_id, dataset=candidate.images)
+    heartbeat()
+    print(
+        f"{candidate.dataset}: scored v{number} on these {candidate.count} test images "
+        f"(the store had no score of it on them): test accuracy {result.accuracy:.4f}"
+    )
+    return Standing(number, result.accuracy)

@@ -335,15 +335,44 @@ def _exists(run_id: str) -> bool:
     return True
 
 
+# Seconds between MLflow's system-metric samples (CPU, memory, disk, network; GPU with NVML): 120
+# points an hour for a training run that lasts hours, and a few for an evaluation that lasts a
+# minute. MLflow logs nothing for a run shorter than one interval. The user's
+# MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL wins.
+SYSTEM_METRICS_INTERVAL_S = {"train": 30.0, "evaluate": 5.0}
+
+
+def _sample_system_metrics(stage: str) -> None:
+    if not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
+        mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S[stage])
+
+
+SEED_PARAMS = ("train.seed", "split.seed")
+
+
+def recipe_digest(params: dict[str, Any]) -> str:
+    """Every logged param but the seeds, in 12 hex digits: runs of one recipe over seeds share it.
+
+    `mlflow ui`'s Group by on the `recipe` tag then shows one row per recipe with the mean
+    and spread of its seeds' metrics.
+    """
+    kept = sorted((key, str(value)) for key, value in params.items() if key not in SEED_PARAMS)
+    return hashlib.sha256(repr(kept).encode()).hexdigest()[:12]
+
+
 @contextmanager
 def training_run(dataset: str, params: dict[str, Any], resume_id: str | None = None) -> Iterator[tuple[str, bool]]:
     """Yield (run id, resumed): the interrupted run `resume_id` if the store still has it, else a new run."""
     experiment_id = configure()
+    _sample_system_metrics("train")
     if resume_id and _exists(resume_id):
-        run = mlflow.start_run(run_id=resume_id)
+        run = mlflow.start_run(run_id=resume_id, log_system_metrics=True)
         resumed = True
     else:
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name(dataset), tags=run_tags(dataset))
+        tags = {**run_tags(dataset), "recipe": recipe_digest(params)}
+        run = mlflow.start_run(
+            experiment_id=experiment_id, run_name=run_name(dataset), tags=tags, log_system_metrics=True
+        )
         mlflow.log_params(params)
         resumed = False
     with _ending(run.info.run_id):
@@ -375,7 +404,8 @@ def reopen_run(run_id: str) -> Iterator[None]:
     """Reopen the training run so evaluation lands beside it, not in a run of its own."""
     configure()
     training_run_of(run_id)
-    mlflow.start_run(run_id=run_id)
+    _sample_system_metrics("evaluate")
+    mlflow.start_run(run_id=run_id, log_system_metrics=True)
     with _ending(run_id):
         yield
 
@@ -396,19 +426,38 @@ def images_digest(archive_md5: str, label_mode: str, indices: np.ndarray) -> str
     return digest.hexdigest()[:16]
 
 
-def log_images_input(dataset: str, part: str, url: str, archive_md5: str, label_mode: str, indices) -> None:
-    """One part of the split as an MLflow dataset input (the runs table's Dataset column).
-
-    Name `<dataset>-<part>`, the archive's URL as source, `images_digest` as digest; the
-    images themselves stay in DVC, this records which ones a run used.
-    """
+def images_dataset(dataset: str, part: str, url: str, archive_md5: str, label_mode: str, indices) -> MetaDataset:
+    """One part of the split as an MLflow dataset: name `<dataset>-<part>`, the archive's URL as
+    source, `images_digest` as digest. The images stay in DVC; this records which ones."""
     with warnings.catch_warnings():  # a local path "can be interpreted in multiple ways": all local files
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(url)
-    data = MetaDataset(
+    return MetaDataset(
         source=source,
         name=f"{dataset}-{part}",
         digest=images_digest(archive_md5, label_mode, indices),
         schema=IMAGES_SCHEMA,
     )
+
+
+def log_images_input(dataset: str, part: str, url: str, archive_md5: str, label_mode: str, indices) -> MetaDataset:
+    """Log one part of the split as an input of the active run (the runs table's Dataset column)."""
+    data = images_dataset(dataset, part, url, archive_md5, label_mode, indices)
     mlflow.log_input(data, context={"train": "training", "val": "validation"}.get(part, part))
+    return data
+
+
+def model_id_of(model_uri: str | None) -> str | None:
+    """`m-<id>` of a logged model's `models:/m-<id>` URI (what the train stage records), else None."""
+    if model_uri and model_uri.startswith("models:/m-"):
+        return model_uri.removeprefix("models:/")
+    return None
+
+
+def model_scores(model_id: str, digest: str) -> dict[str, float]:
+    """The metrics MLflow holds for a logged model on the images with this digest (newest per key)."""
+    newest: dict[str, tuple[int, float]] = {}
+    for metric in MlflowClient().get_logged_model(model_id).metrics or []:
+        if metric.dataset_digest == digest and metric.timestamp >= newest.get(metric.key, (-1, 0.0))[0]:
+            newest[metric.key] = (metric.timestamp, metric.value)
+    return {key: value for key, (_, value) in newest.items()}

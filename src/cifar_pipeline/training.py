@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -318,17 +321,44 @@ def weights_digest(model: keras.Model) -> str:
 
 
 def log_model(model: keras.Model, sample: np.ndarray, about: dict) -> str:
-    """Keras flavour with a uint8 signature, so pyfunc users pass raw images.
+    """Keras flavour with a uint8 signature and two real images as its input example, so pyfunc
+    and `mlflow models serve` users see what to send (`serving_input_example.json`).
 
     The class names (and dataset, label mode) go into the model's metadata, so whoever
     loads it by `runs:/` or `models:/` URI gets them with it.
     """
     sample = np.asarray(sample, dtype=np.uint8)
     signature = mlflow.models.infer_signature(sample, model.predict(sample, verbose=0))
-    info = mlflow.keras.log_model(
+    with _example_folder_made():
+        info = _log_keras(model, signature, sample, about)
+    return info.model_uri  # models:/m-<id>: what the register stage registers
+
+
+@contextlib.contextmanager
+def _example_folder_made() -> Iterator[None]:
+    """Upstream bug mlflow/mlflow#16183 (open, MLflow 3.17.2): the Keras flavour writes the input
+    example before it creates the model's folder (FileNotFoundError). Create it first, only here."""
+    from mlflow.keras import save
+
+    upstream = save._save_example
+
+    def save_example(mlflow_model, input_example, path, *args, **kwargs):
+        os.makedirs(path, exist_ok=True)
+        return upstream(mlflow_model, input_example, path, *args, **kwargs)
+
+    save._save_example = save_example
+    try:
+        yield
+    finally:
+        save._save_example = upstream
+
+
+def _log_keras(model: keras.Model, signature, sample: np.ndarray, about: dict):
+    return mlflow.keras.log_model(
         model,
         name="model",
         signature=signature,
+        input_example=sample[:2],
         metadata={"class_names": about["names"], "dataset": about["dataset"], "label_mode": about["label_mode"]},
         # Pinned from what trained the model; skips MLflow's slow requirement inference.
         pip_requirements=[
@@ -337,4 +367,3 @@ def log_model(model: keras.Model, sample: np.ndarray, about: dict) -> str:
             f"mlflow=={mlflow.__version__}",
         ],
     )
-    return info.model_uri  # models:/m-<id>: what the register stage registers
