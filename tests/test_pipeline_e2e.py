@@ -438,7 +438,7 @@ def test_a_split_param_reruns_split_onwards_for_every_dataset(project):
         old = r.get_model_version(names[d], champions[d])
         [scored] = [
             m
-            for m in mlflow.get_logged_model(old.model_id).metrics
+            for m in mlflow.get_logged_model(old.model_id or old.source.removeprefix("models:/")).metrics
             if m.key == "test_accuracy" and m.dataset_digest == record["test_set_digest"]
         ]
         assert f"{d}: scored v{champions[d]} on these 20 test images" in output
