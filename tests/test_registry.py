@@ -166,6 +166,10 @@ def test_a_metrics_file_that_disagrees_with_its_run_is_refused_and_nothing_is_re
     message = str(err.value)
     assert "disagrees with MLflow run" in message and "test_accuracy 0.99 in the file, 0.19 in MLflow" in message
     assert "`dvc repro -f -s evaluate@cifar10`" in message and "\n" not in message
+    for text in ('{"test_loss": 8.1, "test_accuracy": "high", "test_top5_accuracy": 0.37}', "{not json", "[]"):
+        (folder / "metrics.json").write_text(text)
+        with pytest.raises(RegistryError, match="metrics.json (disagrees|is not the evaluate stage's JSON)"):
+            register(folder, full)
     assert MlflowClient().search_model_versions("name = 'cifar10'") == []
 
 

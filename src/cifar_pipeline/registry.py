@@ -78,7 +78,12 @@ def confirmed_metrics(dataset: str, run_id: str, model_id: str | None, digest: s
         raise RegistryError(
             f"MLflow holds no test metrics of model {model_id} (run {run_id}) on these test images ({digest}); {redo}"
         )
-    written = read_json(metrics_json)
+    try:
+        written = read_json(metrics_json)
+    except (ValueError, UnicodeDecodeError):
+        written = None
+    if not isinstance(written, dict):
+        raise RegistryError(f"{metrics_json} is not the evaluate stage's JSON object of test metrics; {redo}")
     wrong = [
         f"{key} {written.get(key)!r} in the file, {held[key]!r} in MLflow"
         for key in TEST_METRICS
@@ -175,6 +180,8 @@ def _ensure_version(client: MlflowClient, candidate: Candidate, run, previous: d
     if found:
         version = found[0]
         print(f"{say}{name} v{version.version} is this model's version (models:/{name}/{version.version}), as before")
+        if version.tags.get("run_id") != candidate.run_id:  # registered by an older version of this stage
+            client.set_model_version_tag(name, version.version, "run_id", candidate.run_id)
         return version, False
     tags = {
         **{key: str(value) for key, value in candidate.metrics.items()},
@@ -189,8 +196,8 @@ def _ensure_version(client: MlflowClient, candidate: Candidate, run, previous: d
             if key in SHAPING_PARAMS or key.startswith(("split.", "train."))
         },
     }
-    version = mlflow.register_model(candidate.model_uri, name, tags=tags)
-    client.set_model_version_tag(name, version.version, "run_id", candidate.run_id)
+    # run_id with the other tags, in the one request that creates the version: no kill can fall between
+    version = mlflow.register_model(candidate.model_uri, name, tags={**tags, "run_id": candidate.run_id})
     if previous.get("registered_model") == name and previous.get("run_id") == candidate.run_id:
         print(
             f"{say}repaired: v{previous['version']} of {name} was gone from the store; registered again as "
