@@ -64,29 +64,21 @@ def decide(
     """
     on = f"on the same {images} test images"
     margin = f"+{min_improvement:g}"
-    if champion is not None:
-        if beats(candidate.accuracy, champion.accuracy, min_improvement):
-            return Decision(
-                candidate.version,
-                f"test accuracy {candidate.accuracy:.4f} >= champion v{champion.version}'s "
-                f"{champion.accuracy:.4f} {margin} {on}",
-            )
-        return Decision(
-            champion.version,
-            f"test accuracy {candidate.accuracy:.4f} < champion v{champion.version}'s "
-            f"{champion.accuracy:.4f} {margin} {on}",
-        )
-    if not others:
+    if champion is None and not others:
         return Decision(candidate.version, "no other version to compare with")
-    best = max(others, key=lambda s: (s.accuracy, -int(s.version)))  # a tie goes to the older version
-    if beats(candidate.accuracy, best.accuracy, min_improvement):
-        return Decision(
-            candidate.version,
-            f"no version held champion; test accuracy {candidate.accuracy:.4f} >= the best other, "
-            f"v{best.version}'s {best.accuracy:.4f} {margin} {on}",
+    rival = champion or max(others, key=lambda s: (s.accuracy, -int(s.version)))  # a tie: the older version
+    won = beats(candidate.accuracy, rival.accuracy, min_improvement)
+    mine, theirs = f"{candidate.accuracy:.4f}", f"{rival.accuracy:.4f}"
+    if champion is not None:
+        reason = f"test accuracy {mine} {'>=' if won else '<'} champion v{rival.version}'s {theirs} {margin} {on}"
+    elif won:
+        reason = (
+            f"no version held champion; test accuracy {mine} >= the best other, "
+            f"v{rival.version}'s {theirs} {margin} {on}"
         )
-    return Decision(
-        best.version,
-        f"no version held champion; the best other, v{best.version} ({best.accuracy:.4f} {on}), takes it: "
-        f"test accuracy {candidate.accuracy:.4f} < {best.accuracy:.4f} {margin}",
-    )
+    else:
+        reason = (
+            f"no version held champion; the best other, v{rival.version} ({theirs} {on}), takes it: "
+            f"test accuracy {mine} < {theirs} {margin}"
+        )
+    return Decision(candidate.version if won else rival.version, reason)
