@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cifar_pipeline.errors import PipelineError
+from cifar_pipeline.errors import PipelineError, redact
 from cifar_pipeline.outputs import check_replaceable, on_commit
 from cifar_pipeline.params import DEFAULT_PATH, Params, flatten, load_params, read_yaml
 
@@ -54,7 +54,7 @@ def run_stage(
         guard_params(Path(sys.argv[0]).name, getattr(args, "dataset", None))
         body(args, params)
     except PipelineError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {redact(str(err))}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cifar_pipeline.errors import PipelineError
+from cifar_pipeline.errors import PipelineError, redact
 from cifar_pipeline.images import read_inputs
 from cifar_pipeline.inference import load_model
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             inputs = read_inputs(args.inputs, len(model.class_names))
             ranked = top_k(model.predict(inputs.images), model.class_names)
     except PipelineError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {redact(str(err))}", file=sys.stderr)
         return 2
     print(render(inputs.names, ranked, args.format))
     return 0

@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from cifar_pipeline import tracking
 from cifar_pipeline.champion import Decision, Standing, decide
-from cifar_pipeline.errors import PipelineError, first_line
+from cifar_pipeline.errors import PipelineError, first_line, redact
 from cifar_pipeline.evaluation import score, test_images
 from cifar_pipeline.inference import ModelLoadError, load_model
 from cifar_pipeline.layout import RUN_FILE
@@ -256,7 +256,7 @@ def _standing(client: MlflowClient, candidate: Candidate, version: ModelVersion,
     try:
         result = score(load_model(f"models:/{name}/{number}"), candidate.split_dir, f"{name} v{number}", "skipped")
     except (ModelLoadError, PipelineError) as err:
-        print(f"{candidate.dataset}: v{number} is left out of the comparison: {err}")
+        print(f"{candidate.dataset}: v{number} is left out of the comparison: {redact(str(err))}")
         return None
     with mlflow.start_run(
         experiment_id=tracking.configure(),
