@@ -48,4 +48,5 @@ def server(session_server: ArchiveServer) -> ArchiveServer:
     session_server.honour_range = True
     session_server.stall_after = None
     session_server.ranges.clear()
+    session_server.login = None
     return session_server

@@ -1,8 +1,9 @@
 """A local HTTP server on 127.0.0.1 for download tests: Range support that can be switched off,
-a stall mode, and a log of the Range headers it received."""
+a stall mode, an optional Basic-auth login, and a log of the Range headers it received."""
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +19,7 @@ class ArchiveServer(ThreadingHTTPServer):
         self.honour_range = True
         self.stall_after: int | None = None  # bytes sent before going silent
         self.ranges: list[str | None] = []
+        self.login: tuple[str, str] | None = None  # (user, password) it wants, as HTTP Basic auth
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/{name}"
@@ -30,6 +32,14 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
+        if self.server.login is not None:
+            wanted = "Basic " + base64.b64encode(":".join(self.server.login).encode()).decode()
+            if self.headers.get("Authorization") != wanted:
+                self.send_response(401 if self.headers.get("Authorization") is None else 403)
+                self.send_header("WWW-Authenticate", 'Basic realm="mirror"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
         path = self.server.root / self.path.lstrip("/")
         if not path.is_file():
             self.send_error(404, "Not Found")

@@ -32,7 +32,9 @@ from team_servers import Service, answers, free_port
 CLASSES = [f"c{k}" for k in range(10)]
 COUNTS = [1, 3, 5, 7, 9, 11, 13, 15, 17, 19]  # of 100 test images: "always class k" scores COUNTS[k] / 100
 LABELS = np.repeat(np.arange(10), COUNTS)
-PARAMS = {"dataset": "cifar10", "data.url": "file:///cifar-10.tar.gz", "data.md5": "0" * 32, "data.label_mode": "label"}
+# A mirror URL with a login and a presigned signature: neither may reach a param, tag or dataset source.
+SECRET_URL = "https://reader:s3cret-pw@mirror.example.org/cifar-10.tar.gz?X-Amz-Signature=abc123"
+PARAMS = {"dataset": "cifar10", "data.url": SECRET_URL, "data.md5": "0" * 32, "data.label_mode": "label"}
 MARGIN = 0.005
 
 
@@ -119,6 +121,18 @@ def test_the_first_version_takes_champion_and_the_record_holds_the_stores_number
     assert version.tags["champion_decision"] == "no other version to compare with"
     assert version.tags["recipe"] == MlflowClient().get_run(record["run_id"]).data.tags["recipe"]
     assert "registered cifar10 v1" in capsys.readouterr().out
+
+
+def test_no_url_secret_reaches_a_param_tag_or_dataset_source(full):
+    record = register(trained(full.parent, full, 9), full)
+    run = MlflowClient().get_run(record["run_id"])
+    shown = "https://reader:***@mirror.example.org/cifar-10.tar.gz?***"
+    assert run.data.params["data.url"] == shown
+    assert MlflowClient().get_model_version("cifar10", "1").tags["param.data.url"] == shown
+    sources = {d.dataset.name: json.loads(d.dataset.source)["url"] for d in run.inputs.dataset_inputs}
+    assert sources == {"cifar10-test": shown}
+    everything = json.dumps([run.to_dictionary(), MlflowClient().get_model_version("cifar10", "1").tags])
+    assert "s3cret" not in everything and "abc123" not in everything
 
 
 def test_the_test_metrics_are_the_logged_models_on_the_test_dataset(full):

@@ -165,3 +165,10 @@ def test_a_run_is_let_go_at_once_when_its_server_already_failed(monkeypatch, tmp
     assert time.monotonic() - started < 15
     assert mlflow.active_run() is None
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "7"
+
+
+def test_a_tracking_uri_with_a_login_reaches_a_server_that_is_up(server):
+    """urllib took `alice:pw@127.0.0.1` for a host name and reported it unknown; requests sends the login."""
+    server.login = ("alice", "pw")
+    tracking.check_store(f"http://alice:pw@127.0.0.1:{server.server_address[1]}")
+    server.login = None

@@ -1,5 +1,10 @@
 """Fetching an archive from an http(s) URL, a file:// URL or a local path, verified by MD5.
 
+A mirror that wants a login takes it from the URL's userinfo (`https://user:token@host/...`)
+or, better, from `~/.netrc` (or the file `$NETRC` names), as curl and pip do: the URL in
+params.yaml, dvc.lock and MLflow then holds no secret. Credentials go only to that host (an
+unredirected header), and every URL the project prints or records is redacted (`errors.redact`).
+
 Downloads stream into `<cache>/<md5>.tar.gz.part`, which survives an interrupted run; the next
 run asks the server for the rest (HTTP Range) and falls back to a full download if the
 server ignores the range. Only a file whose MD5 matches the param is moved to its final
@@ -8,12 +13,14 @@ name, so a corrupt or substituted archive never reaches the parser.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import netrc
 import os
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urlparse, urlunparse
 
 from tqdm import tqdm
 
@@ -134,7 +141,11 @@ def _download(url: str, part: Path, timeout: float) -> None:
     headers = {"User-Agent": "cifar-pipeline"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
-    request = urllib.request.Request(url, headers=headers)  # noqa: S310 (only http/https reach here)
+    address, login = credentials(url)
+    request = urllib.request.Request(address, headers=headers)  # noqa: S310 (only http/https reach here)
+    if login:  # not passed on to whatever host a redirect names (a presigned S3 URL, say)
+        token = base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode("ascii")
+        request.add_unredirected_header("Authorization", f"Basic {token}")
     try:
         response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310
     except urllib.error.HTTPError as err:
@@ -142,7 +153,7 @@ def _download(url: str, part: Path, timeout: float) -> None:
             # The partial file is already as long as (or longer than) the resource: start over.
             part.unlink()
             return _download(url, part, timeout)
-        raise DownloadError(f"HTTP {err.code} {err.reason} for {url}: check the dataset url in params.yaml") from None
+        raise DownloadError(f"HTTP {err.code} {err.reason} for {url}: {_http_hint(err.code, login)}") from None
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         raise DownloadError(
@@ -181,6 +192,40 @@ def _download(url: str, part: Path, timeout: float) -> None:
         )
 
 
+def credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """The URL without its userinfo, and the (user, password) to send: the URL's own, else the
+    netrc entry for its host (`machine HOST login USER password PASS`), else none."""
+    parsed = urlparse(url)
+    if parsed.username is not None:
+        host = parsed.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        if parsed.port is not None:
+            netloc += f":{parsed.port}"
+        return urlunparse(parsed._replace(netloc=netloc)), (unquote(parsed.username), unquote(parsed.password or ""))
+    file = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    if not parsed.hostname or not os.path.isfile(file):
+        return url, None
+    try:
+        entry = netrc.netrc(file).authenticators(parsed.hostname)
+    except netrc.NetrcParseError as err:  # its message can quote a token of the file: a password
+        raise DownloadError(
+            f"cannot read the logins in {file}: it is malformed at line {err.lineno}; "
+            f"write `machine HOST login USER password TOKEN` per host"
+        ) from None
+    return url, (entry[0], entry[2]) if entry else None
+
+
+def _http_hint(code: int, login: tuple[str, str] | None) -> str:
+    if code == 401 and login is None:
+        return (
+            "the mirror wants a login: put `machine HOST login USER password TOKEN` in ~/.netrc "
+            "(or the file $NETRC names), which keeps the token out of params.yaml and dvc.lock"
+        )
+    if code in (401, 403) and login is not None:
+        return "the mirror refused the login sent (from the URL or ~/.netrc): check the user and token, and its rights"
+    return "check the dataset url in params.yaml"
+
+
 def _range_start(response) -> int | None:
     """First byte of a 206 answer, from `Content-Range: bytes START-END/TOTAL`."""
     value = response.headers.get("Content-Range", "")
@@ -194,6 +239,11 @@ def download_dataset(dataset: str, params: Params, out_dir: Path, cache_dir: Pat
     """Fetch and verify the archive, then store every image and label field as .npy."""
     spec = SPECS[dataset]
     source = params.dataset(dataset)
+    if urlparse(source.url).password:
+        print(
+            f"note: data.{dataset}.url holds a password, so params.yaml and dvc.lock (both in git) hold it too; "
+            f"~/.netrc keeps it out of them (README, Data). MLflow and this output show it masked."
+        )
     archive = fetch(source.url, source.md5, cache_dir)
     raw = read_archive(archive, spec)
     with atomic_dir(out_dir) as tmp:

@@ -1,10 +1,13 @@
-"""The one base class for problems a user can fix, so stages can print them as one line."""
+"""The one base class for problems a user can fix, so stages can print them as one line; and the
+one rule that keeps URL credentials out of every line, param, tag and dataset source."""
 
 import re
 
-# A URL's user:password@ and its query string (a presigned signature, a token) never reach a line.
+# A URL's userinfo (`user:password@`, or a lone token `token@`) and its query string (a presigned
+# signature, an API key) never reach a line or a record; the user name before a password stays,
+# it says which account was used.
 _SCHEME = r"\b[a-zA-Z][a-zA-Z0-9+.-]*://"
-_PASSWORD = re.compile(rf"({_SCHEME})([^\s/@:]*):[^\s/@]*@")
+_USERINFO = re.compile(rf"({_SCHEME})([^\s/@:?#]*)(:[^\s/?#]*)?@")
 _QUERY = re.compile(rf"({_SCHEME}[^\s?#'\"]*)\?[^\s'\"]*")
 
 
@@ -18,6 +21,15 @@ def first_line(err: BaseException, limit: int = 300) -> str:
     return (text.splitlines()[0] if text else type(err).__name__)[:limit]
 
 
+def _mask_userinfo(match: re.Match) -> str:
+    scheme, user, password = match.groups()
+    return f"{scheme}{user}:***@" if password is not None else f"{scheme}***@"
+
+
 def redact(text: str) -> str:
-    """`text` with every URL's password and query string masked (`user:***@`, `?***`)."""
-    return _QUERY.sub(r"\1?***", _PASSWORD.sub(r"\1\2:***@", text))
+    """`text` with every URL's credentials and query string masked (`user:***@`, `***@`, `?***`).
+
+    Applied to every URL the project prints, logs as a param, tags or records as a dataset
+    source, so that a secret given in a URL stays in the file or variable it was given in.
+    """
+    return _QUERY.sub(r"\1?***", _USERINFO.sub(_mask_userinfo, text))

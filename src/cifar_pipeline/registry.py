@@ -191,7 +191,7 @@ def _ensure_version(client: MlflowClient, candidate: Candidate, run, previous: d
         "git_commit": run.data.tags.get("git_commit", ""),
         "recipe": run.data.tags.get("recipe", ""),
         **{
-            f"param.{key}": value
+            f"param.{key}": redact(value)  # runs logged before params were redacted may hold a login
             for key, value in run.data.params.items()
             if key in SHAPING_PARAMS or key.startswith(("split.", "train."))
         },

@@ -17,8 +17,6 @@ import os
 import re
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -37,7 +35,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 from mlflow.utils.credentials import read_mlflow_creds
 
-from cifar_pipeline.errors import PipelineError, first_line
+from cifar_pipeline.errors import PipelineError, first_line, redact
 
 EXPERIMENT_NAME = "cifar"
 # MLflow 3's UI shows an experiment of this kind as model training (runs, charts), not GenAI traces.
@@ -118,14 +116,13 @@ def check_store(uri: str) -> None:
             f"or unset MLFLOW_TRACKING_URI for the project's mlflow.db"
         )
     if is_server(uri):
+        # requests, as MLflow itself: it sends a URL's user:password@ as a login (urllib would take
+        # it for part of the host name) and any answer, even 401, means a server is there.
         try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PREFLIGHT_TIMEOUT_S):  # noqa: S310
-                pass
-        except urllib.error.HTTPError:
-            pass  # it answered: a server (perhaps one that wants a login for /health) is there
-        except (urllib.error.URLError, OSError) as err:
+            requests.get(f"{uri.rstrip('/')}/health", timeout=PREFLIGHT_TIMEOUT_S).close()
+        except (requests.RequestException, OSError) as err:
             raise TrackingError(
-                f"cannot reach the MLflow tracking server {_where(uri)}: {getattr(err, 'reason', err)}; "
+                f"cannot reach the MLflow tracking server {_where(uri)}: {_reason(err)}; "
                 f"start it, fix MLFLOW_TRACKING_URI, or unset it to use the project's mlflow.db"
             ) from None
 
@@ -148,6 +145,8 @@ def _reason(err: BaseException) -> str:
     if "error responses" in text:  # urllib3: "too many 503 error responses", after MLflow's retries
         codes = sorted(set(re.findall(r"too many (\d{3}) error responses", text)))
         return f"it answered HTTP {'/'.join(codes) or '5xx'} to every retry"
+    if "Failed to resolve" in text or "Name or service not known" in text:
+        return "its host name does not resolve: check the host in the URI"
     if "Connection refused" in text or "NewConnectionError" in text:
         return "connection refused: it is not running or not at this address"
     if "timed out" in text.lower() or "Timeout" in text:
@@ -158,7 +157,7 @@ def _reason(err: BaseException) -> str:
 def server_problem(err: BaseException, uri: str) -> str:
     """One line for a request the tracking server refused or failed, with what to do about it."""
     where = _where(uri)
-    user = read_mlflow_creds().username  # the environment's, else ~/.mlflow/credentials'
+    user = urlparse(uri).username or read_mlflow_creds().username  # the URI's, the environment's, ~/.mlflow's
     status = _status(err)
     if status == 401:
         who = f"user '{user}'" if user else "a request without a user name"
@@ -310,7 +309,7 @@ def _ending(run_id: str) -> Iterator[None]:
         _end_after_failure(RunStatus.KILLED)
         raise
     except BaseException as err:
-        _end_after_failure(RunStatus.FAILED, f"{type(err).__name__}: {err}")
+        _end_after_failure(RunStatus.FAILED, redact(f"{type(err).__name__}: {err}"))
         raise
     client = MlflowClient()
     if "failure" in client.get_run(run_id).data.tags:
@@ -323,7 +322,7 @@ def abandon_run(run_id: str, reason: str) -> None:
     configure()
     if _exists(run_id):
         client = MlflowClient()
-        client.set_tag(run_id, "failure", reason[:4000])
+        client.set_tag(run_id, "failure", redact(reason)[:4000])
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
 
 
@@ -369,6 +368,7 @@ def training_run(dataset: str, params: dict[str, Any], resume_id: str | None = N
         run = mlflow.start_run(run_id=resume_id, log_system_metrics=True)
         resumed = True
     else:
+        params = {key: redact(value) if isinstance(value, str) else value for key, value in params.items()}
         tags = {**run_tags(dataset), "recipe": recipe_digest(params)}
         run = mlflow.start_run(
             experiment_id=experiment_id, run_name=run_name(dataset), tags=tags, log_system_metrics=True
@@ -431,7 +431,7 @@ def images_dataset(dataset: str, part: str, url: str, archive_md5: str, label_mo
     source, `images_digest` as digest. The images stay in DVC; this records which ones."""
     with warnings.catch_warnings():  # a local path "can be interpreted in multiple ways": all local files
         warnings.simplefilter("ignore", UserWarning)
-        source = resolve_dataset_source(url)
+        source = resolve_dataset_source(redact(url))
     return MetaDataset(
         source=source,
         name=f"{dataset}-{part}",
