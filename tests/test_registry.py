@@ -33,8 +33,8 @@ CLASSES = [f"c{k}" for k in range(10)]
 COUNTS = [1, 3, 5, 7, 9, 11, 13, 15, 17, 19]  # of 100 test images: "always class k" scores COUNTS[k] / 100
 LABELS = np.repeat(np.arange(10), COUNTS)
 # A mirror URL with a login and a presigned signature: neither may reach a param, tag or dataset source.
-SECRET_URL = "https://reader:s3cret-pw@mirror.example.org/cifar-10.tar.gz?X-Amz-Signature=abc123"
-PARAMS = {"dataset": "cifar10", "data.url": SECRET_URL, "data.md5": "0" * 32, "data.label_mode": "label"}
+MIRROR_URL = "https://reader:s3cret-pw@mirror.example.org/cifar-10.tar.gz?X-Amz-Signature=abc123"
+PARAMS = {"dataset": "cifar10", "data.url": MIRROR_URL, "data.md5": "0" * 32, "data.label_mode": "label"}
 MARGIN = 0.005
 
 

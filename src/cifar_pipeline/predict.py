@@ -13,6 +13,8 @@ import contextlib
 import csv
 import io
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -61,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
     args = parser.parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints as \udcXX, not a traceback
+        stream.reconfigure(errors="backslashreplace")
     try:
         # stdout carries only the result (JSON/CSV users pipe it): progress bars go to stderr
         with contextlib.redirect_stdout(sys.stderr):
@@ -70,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as err:
         print(f"error: {redact(str(err))}", file=sys.stderr)
         return 2
-    print(render(inputs.names, ranked, args.format))
+    try:
+        print(render(inputs.names, ranked, args.format), flush=True)
+    except BrokenPipeError:  # `| head -1`: the reader has what it wanted; exit as a SIGPIPE'd tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again
+        return 128 + signal.SIGPIPE
     return 0
 
 
