@@ -103,3 +103,38 @@ def test_label_out_of_range_in_archive(tmp_path):
     build_archive(path, "cifar100", train_per_file=2, test=2, override={"train.bin": bad.tobytes()})
     with pytest.raises(DataFormatError, match="fine label 100"):
         read_archive(path, CIFAR100)
+
+
+def _claiming(tmp_path, name: str, size: int):
+    """A .tar.gz of a few kB whose member header claims `size` bytes: what a zip bomb looks like to the reader."""
+    header = tarfile.TarInfo(name)
+    header.size = size
+    path = tmp_path / "bomb.tar.gz"
+    path.write_bytes(gzip.compress(header.tobuf() + bytes(4096)))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "limit"),
+    [
+        ("cifar-10-batches-bin/data_batch_1.bin", 4 << 30, "30,730,000"),  # 4 GiB of zeros, 33 MB gzipped
+        ("cifar-10-batches-bin/data_batch_1.bin", 10_001 * 3073, "30,730,000"),  # one record too many
+        ("cifar-10-batches-bin/batches.meta.txt", 1 << 20, "65,536"),
+        ("cifar-10-batches-bin/readme.html", 31 << 20, "30,730,000"),  # skipped members are inflated too
+    ],
+)
+def test_a_member_bigger_than_the_official_one_is_refused_before_it_is_read(tmp_path, name, size, limit):
+    with pytest.raises(DataFormatError, match=rf"is {size:,} bytes, more than the official cifar10 archive's {limit}"):
+        read_archive(_claiming(tmp_path, name, size), CIFAR10)
+
+
+def test_an_archive_of_too_many_members_is_refused(tmp_path):
+    extra = [_member(f"cifar-10-batches-bin/x{i}", tarfile.DIRTYPE) for i in range(70)]
+    path = tmp_path / "a.tar.gz"
+    build_archive(path, "cifar10", train_per_file=2, test=2, extra=extra)
+    with pytest.raises(DataFormatError, match="holds more than 64 members"):
+        read_archive(path, CIFAR10)
+
+
+def test_the_official_counts_are_accepted():
+    assert CIFAR10.max_bytes("data_batch_5.bin") == 10_000 * 3073 and CIFAR100.max_bytes("train.bin") == 50_000 * 3074

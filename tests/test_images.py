@@ -91,6 +91,13 @@ def test_arrays_are_checked_by_their_header_before_they_are_read(tmp_path):
     assert read(tmp_path / "one.npy").shape == (1, 32, 32, 3)
 
 
+def test_a_batch_file_larger_than_any_official_one_is_refused_before_it_is_read(tmp_path):
+    with open(tmp_path / "big.bin", "wb") as out:
+        out.truncate(50_000 * 3074 + 3074)  # sparse: costs no disk
+    with pytest.raises(InputError, match="larger than any official CIFAR batch"):
+        read(tmp_path / "big.bin")
+
+
 def test_cifar_predict_survives_odd_file_names_and_a_closed_pipe(tmp_path):
     """A non-UTF-8 name printed to a strict UTF-8 stdout, and `| head -1`: no traceback either way."""
     import keras

@@ -4,6 +4,9 @@ Nothing is extracted to disk: the batch files are read straight out of the tar i
 memory, so no member can land outside the output folder. Every member is still
 checked first, and an archive holding links, devices, absolute paths or `..` is
 refused outright: the official archives hold none, so such an archive is not one.
+What is read is bounded by the official archive's record counts, checked against each
+member's header before its bytes are read: a small .tar.gz that inflates to gigabytes
+(a "zip bomb", or a wrong file) is refused in seconds and megabytes.
 """
 
 from __future__ import annotations
@@ -43,13 +46,35 @@ def check_member(member: tarfile.TarInfo, archive: Path) -> None:
         )
 
 
+MAX_MEMBERS = 64  # the official archives hold 8 (CIFAR-10) and 6 (CIFAR-100)
+
+
+def check_size(member: tarfile.TarInfo, count: int, spec: DatasetSpec, archive: Path) -> None:
+    if count > MAX_MEMBERS:
+        raise DataFormatError(
+            f"{archive} holds more than {MAX_MEMBERS} members; the official {spec.name} archive holds a few: "
+            f"this is not it, check the url and md5 in params.yaml"
+        )
+    name = PurePosixPath(member.name).name
+    if member.name == f"{spec.folder}/{name}" and name in spec.files:
+        limit = spec.max_bytes(name)
+    else:  # a member the reader skips (the readme) still has to be inflated to get past it
+        limit = max(spec.max_bytes(file) for file in spec.files)
+    if member.size > limit:
+        raise DataFormatError(
+            f"{archive}: member {member.name!r} is {member.size:,} bytes, more than the official {spec.name} "
+            f"archive's {limit:,}; refusing it before reading (a corrupt or hostile archive): check the url and md5"
+        )
+
+
 def read_archive(path: Path, spec: DatasetSpec) -> RawDataset:
-    wanted = set(spec.train_files) | set(spec.test_files) | set(spec.label_names_files.values())
+    wanted = set(spec.files)
     contents: dict[str, bytes] = {}
     try:
         with tarfile.open(path, mode="r:gz") as tar:
-            for member in tar:
+            for count, member in enumerate(tar, start=1):
                 check_member(member, path)
+                check_size(member, count, spec, path)
                 parts = PurePosixPath(member.name).parts
                 if member.isfile() and len(parts) == 2 and parts[0] == spec.folder and parts[1] in wanted:
                     handle = tar.extractfile(member)

@@ -15,6 +15,7 @@ from cifar_pipeline.errors import PipelineError
 
 IMAGE_SHAPE = (32, 32, 3)
 PIXELS_PER_IMAGE = 32 * 32 * 3
+MAX_NAMES_BYTES = 64 * 1024  # a class-names file (CIFAR-100's fine names: 0.8 kB)
 
 
 class DataFormatError(PipelineError, ValueError):
@@ -36,10 +37,25 @@ class DatasetSpec:
     label_fields: tuple[str, ...]
     num_classes: dict[str, int]
     label_names_files: dict[str, str]
+    train_records: int = 50_000  # the official archive's counts: what a reader may accept at most
+    test_records: int = 10_000
 
     @property
     def record_size(self) -> int:
         return len(self.label_fields) + PIXELS_PER_IMAGE
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Every member the reader takes from the archive's folder."""
+        return (*self.train_files, *self.test_files, *self.label_names_files.values())
+
+    def max_bytes(self, file: str) -> int:
+        """The most bytes the official archive's `file` holds (a smaller sample is fine)."""
+        if file in self.train_files:
+            return self.train_records // len(self.train_files) * self.record_size
+        if file in self.test_files:
+            return self.test_records // len(self.test_files) * self.record_size
+        return MAX_NAMES_BYTES
 
 
 CIFAR10 = DatasetSpec(

@@ -124,6 +124,12 @@ def read_array(path: Path) -> np.ndarray:
 
 def read_batch(path: Path, num_classes: int) -> np.ndarray:
     """An official CIFAR binary batch; refused if its records belong to the other dataset."""
+    largest = max(spec.max_bytes(file) for spec in SPECS.values() for file in spec.files)
+    if path.stat().st_size > largest:
+        raise InputError(
+            f"{path} is {path.stat().st_size:,} bytes, larger than any official CIFAR batch ({largest:,}); "
+            f"give one batch file, or split it"
+        )
     raw = np.fromfile(path, dtype=np.uint8)
     fits = [spec for spec in SPECS.values() if raw.size and raw.size % spec.record_size == 0]
     mine = [spec for spec in fits if num_classes in spec.num_classes.values()]
