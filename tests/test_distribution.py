@@ -27,6 +27,7 @@ from project import create, edit_params, environment, run, start_training
 pytestmark = pytest.mark.e2e
 
 TWO_DEVICES = {"CIFAR_LOGICAL_CPUS": "2"}
+THREE_DEVICES = {"CIFAR_LOGICAL_CPUS": "3"}  # what `auto` takes on a 3-GPU machine
 PER_EPOCH = ["loss", "val_loss", "accuracy", "val_top5_accuracy"]
 
 
@@ -44,13 +45,20 @@ def runs(path):
     return client, client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
 
 
-def test_mirrored_over_two_devices_trains_one_run_and_a_model_that_needs_no_strategy(project):
-    output = run(project, "dvc", "repro", "train@cifar10", env=TWO_DEVICES).stdout
+def test_mirrored_over_devices_that_do_not_divide_the_batch_trains_one_run_and_a_portable_model(project):
+    """Batches of 29 over 3 replicas (10, 10, 9 images), and 30 validation images whose last batch
+    would hold one: Keras 3.15 failed on the first, every model on the second (an empty replica)."""
+    edit_params(project, lambda p: p["train"].update(batch_size=2))
+    refused = run(project, "dvc", "repro", "train@cifar10", env=THREE_DEVICES, check=False)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "error: train.batch_size 2 is smaller than the 3 replicas" in refused.stderr
+    assert not (project / "models/cifar10").exists()
+    edit_params(project, lambda p: p["train"].update(batch_size=29))
+    output = run(project, "dvc", "repro", "train@cifar10", env=THREE_DEVICES).stdout
     assert "warning" not in output
     client, found = runs(project)
-    [r] = found
-    assert r.info.status == "FINISHED"
-    assert r.data.params["resolved.distribute"] == "mirrored" and r.data.params["resolved.replicas"] == "2"
+    [r] = [r for r in found if r.info.status == "FINISHED"]
+    assert r.data.params["resolved.distribute"] == "mirrored" and r.data.params["resolved.replicas"] == "3"
     for key in PER_EPOCH:
         assert [m.step for m in client.get_metric_history(r.info.run_id, key)] == [1, 2, 3], key
     model = keras.models.load_model(project / "models/cifar10/model.keras")  # here: no strategy, one device

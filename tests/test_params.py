@@ -160,6 +160,31 @@ def test_malformed_yaml_names_the_line(tmp_path):
         load_params(path)
 
 
+def _alias_bomb(levels: int = 9) -> str:
+    """Nine anchors of nine aliases each: 390 bytes that expand to 9^9 values."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (_alias_bomb().encode(), r"expands to more than 100,000 values \(anchors and aliases"),
+        (b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nests deeper than 64 levels"),
+        (b"a: " + b"[" * 70 + b"]" * 70 + b"\n", "nests deeper than 64 levels"),
+        ("train: {seed: 'caf\xe9'}\n".encode("latin-1"), r"is not UTF-8 text \(byte 0xe9 at offset 18\)"),
+        (b"# " + b"x" * (1 << 20) + b"\n", "over the 1,048,576 a params file may hold"),
+    ],
+    ids=["alias-bomb", "deep", "deep-short", "latin-1", "huge"],
+)
+def test_pathological_yaml_is_one_line_in_bounded_time_and_memory(tmp_path, content, message):
+    path = tmp_path / "params.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ParamsError, match=message):
+        load_params(path)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(ParamsError, match="not found"):
         load_params(tmp_path / "params.yaml")

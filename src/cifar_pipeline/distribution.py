@@ -45,8 +45,9 @@ class Distribution:
             yield
 
     def prepare(self, model) -> None:
-        """What a model needs before `fit` under this strategy (Keras 3.15's multi-worker fix)."""
-        if self.mode == "multi_worker":
+        """What a model needs before `fit` under this strategy (Keras 3.15's fix: its first-batch
+        build fails on replicas of unequal batches, e.g. 128 images over 3 devices, and on workers)."""
+        if self.mode in ("mirrored", "multi_worker"):
             keras_workaround.patch(model)
 
     def callbacks(self) -> list[keras.callbacks.Callback]:

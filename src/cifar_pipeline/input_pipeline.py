@@ -64,9 +64,30 @@ def augmenter(params: AugmentParams, seed: int, fill: Sequence[float]) -> Callab
     return augment
 
 
-def steps_per_epoch(count: int, batch_size: int) -> int:
-    """Batches in one pass over `count` images; the last one may be partial."""
-    return -(-count // batch_size)
+def batch_bounds(count: int, batch_size: int, replicas: int = 1) -> list[tuple[int, int]]:
+    """(start, stop) of each batch in one pass over `count` images: `batch_size` each, the last
+    one partial, except that a last batch of fewer images than `replicas` joins the one before.
+
+    A strategy splits every batch over its replicas; a replica left with no image fails inside
+    BatchNormalization ("Incompatible shapes: [0,32,32,3]"). A batch of 129 over 3 replicas is
+    fine (43 each); 30 images in batches of 29 over 3 would end on one image.
+    """
+    starts = list(range(0, count, batch_size))
+    if len(starts) > 1 and count - starts[-1] < replicas:
+        starts.pop()
+    return list(zip(starts, [*starts[1:], count][: len(starts)], strict=True))
+
+
+def steps_per_epoch(count: int, batch_size: int, replicas: int = 1) -> int:
+    """Batches in one pass over `count` images (`batch_bounds`)."""
+    return len(batch_bounds(count, batch_size, replicas))
+
+
+def batched(order: tf.data.Dataset, count: int, batch_size: int, replicas: int) -> tf.data.Dataset:
+    """Each pass of `order` (a permutation of range(count)) cut at `batch_bounds`."""
+    bounds = np.asarray(batch_bounds(count, batch_size, replicas), np.int64).reshape(-1, 2)
+    cuts = tf.data.Dataset.from_tensor_slices((bounds[:, 0], bounds[:, 1]))
+    return order.batch(count).flat_map(lambda indices: cuts.map(lambda start, stop: indices[start:stop]))
 
 
 def batch_gatherer(images: np.ndarray, labels: np.ndarray) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
@@ -99,6 +120,7 @@ def training_dataset(
     augment: AugmentParams,
     seed: int,
     fill: Sequence[float],
+    replicas: int = 1,
 ) -> tf.data.Dataset:
     """An endless stream of float32 0-255 batches; pass `steps_per_epoch(len(images), batch_size)` to `fit`.
 
@@ -114,18 +136,15 @@ def training_dataset(
         x, y = gather(indices)
         return transform(x), y
 
+    order = tf.data.Dataset.range(len(images)).shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     dataset = (
-        tf.data.Dataset.range(len(images))
-        .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size)
-        .map(augmented, num_parallel_calls=1)
-        .repeat()
-        .prefetch(2)
+        batched(order, len(images), batch_size, replicas).map(augmented, num_parallel_calls=1).repeat().prefetch(2)
     )
     return dataset.with_options(_options())
 
 
-def evaluation_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int) -> tf.data.Dataset:
+def evaluation_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, replicas: int = 1) -> tf.data.Dataset:
     """The images in order, in batches, as stored (uint8 for the pipeline's splits)."""
-    dataset = tf.data.Dataset.range(len(images)).batch(batch_size).map(batch_gatherer(images, labels))
+    order = tf.data.Dataset.range(len(images))
+    dataset = batched(order, len(images), batch_size, replicas).map(batch_gatherer(images, labels))
     return dataset.prefetch(2).with_options(_options())

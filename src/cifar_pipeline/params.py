@@ -125,9 +125,13 @@ def load_params(path: Path | str = DEFAULT_PATH) -> Params:
     """Read and validate the whole params file; raise `ParamsError` on the first problem."""
     path = Path(path)
     try:
-        raw = read_yaml(path.read_text(encoding="utf-8"))
+        raw = read_yaml(path.read_text(encoding="utf-8"), str(path))
     except FileNotFoundError:
         raise ParamsError(f"{path} not found: run from the project root, where params.yaml lives") from None
+    except UnicodeDecodeError as err:
+        raise ParamsError(
+            f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); save it as UTF-8"
+        ) from None
     except _YAMLError as err:
         where = getattr(err, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
@@ -135,12 +139,52 @@ def load_params(path: Path | str = DEFAULT_PATH) -> Params:
     return parse_params(raw)
 
 
-def read_yaml(text: str) -> Any:
-    """YAML as DVC reads it (ruamel.yaml, YAML 1.2), so both agree on every value.
+# Bounds on a params or dvc.yaml file: a few kB and a few hundred values in practice. An alias
+# bomb (anchors referring to anchors) is small on disk and loads as shared objects, but expands
+# to billions of values for whatever walks it; nesting thousands deep overflows the parser.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_VALUES = 100_000
+MAX_YAML_DEPTH = 64
+
+
+def read_yaml(text: str, name: str = "params.yaml") -> Any:
+    """YAML as DVC reads it (ruamel.yaml, YAML 1.2), so both agree on every value, within bounds.
 
     PyYAML follows YAML 1.1, where `1e-3` is a string; DVC records it as 0.001.
     """
-    return YAML(typ="safe").load(text)
+    if len(text) > MAX_YAML_BYTES:
+        raise ParamsError(f"{name} is {len(text):,} characters, over the {MAX_YAML_BYTES:,} a params file may hold")
+    try:
+        value = YAML(typ="safe").load(text)
+    except RecursionError:
+        raise ParamsError(
+            f"{name} nests deeper than {MAX_YAML_DEPTH} levels; a params file needs a few: flatten it"
+        ) from None
+    _check_bounds(value, name)
+    return value
+
+
+def _too_deep(name: str) -> str:
+    return f"{name} nests deeper than {MAX_YAML_DEPTH} levels; a params file needs a few: flatten it"
+
+
+def _check_bounds(value: Any, name: str) -> None:
+    """Count every value as a reader would see it (an alias's target once per use)."""
+    pending, seen = [(value, 1)], 0
+    while pending:
+        node, depth = pending.pop()
+        seen += 1
+        if seen > MAX_YAML_VALUES:
+            raise ParamsError(
+                f"{name} expands to more than {MAX_YAML_VALUES:,} values (anchors and aliases that repeat each "
+                f"other?); a params file holds a few hundred: write the values out"
+            )
+        if depth > MAX_YAML_DEPTH:
+            raise ParamsError(
+                f"{name} nests deeper than {MAX_YAML_DEPTH} levels; a params file needs a few: flatten it"
+            )
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        pending.extend((child, depth + 1) for child in children)
 
 
 CHECKED_MARKER = (

@@ -110,7 +110,8 @@ def new_classifier(
     """
     classifier = build_classifier(settings.model, num_classes=num_classes, stats=stats)
     set_whitening(classifier, train_images, stats)
-    compile_classifier(classifier, settings, steps_per_epoch(len(train_images), settings.batch_size))
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync  # made in the strategy's scope
+    compile_classifier(classifier, settings, steps_per_epoch(len(train_images), settings.batch_size, replicas))
     return classifier
 
 
@@ -163,10 +164,11 @@ def fit_classifier(
     so the benchmark measures exactly what `dvc repro` trains. Images are raw uint8; `stats`
     gives the augmentation's fill colour (the training split's mean)."""
     images, labels = train
+    replicas = classifier.distribute_strategy.num_replicas_in_sync
     return classifier.fit(
-        training_dataset(images, labels, settings.batch_size, settings.augment, settings.seed, fill=stats.mean),
-        validation_data=evaluation_dataset(*validation, settings.batch_size),
-        steps_per_epoch=steps_per_epoch(len(images), settings.batch_size),
+        training_dataset(images, labels, settings.batch_size, settings.augment, settings.seed, stats.mean, replicas),
+        validation_data=evaluation_dataset(*validation, settings.batch_size, replicas),
+        steps_per_epoch=steps_per_epoch(len(images), settings.batch_size, replicas),
         epochs=settings.epochs,
         initial_epoch=initial_epoch,
         callbacks=[StopOnNonFinite(), StopWhenInterrupted(), *(callbacks or [])],
@@ -194,6 +196,12 @@ def train(
     settings = params.train
     distribution = resolve(settings.distribute)  # first: logical CPUs must be set before TF's runtime starts
     check_role(distribution, worker)
+    if settings.batch_size < distribution.replicas:
+        raise DistributionError(
+            f"train.batch_size {settings.batch_size} is smaller than the {distribution.replicas} replicas of "
+            f"train.distribute {distribution.mode}: each needs an image per step; raise the batch size to at least "
+            f"{distribution.replicas}, or use fewer devices"
+        )
     keras.utils.set_random_seed(settings.seed)
     split_classes = read_json(split_dir / "classes.json")
     classes = split_classes["names"]
