@@ -324,3 +324,45 @@ def test_two_registrations_at_once_on_a_tracking_server_end_on_the_better_model(
 def test_one_registered_model_per_dataset_and_label_set():
     assert [registered_name("cifar10", "label"), registered_name("cifar100", "fine")] == ["cifar10", "cifar100"]
     assert registered_name("cifar100", "coarse") == "cifar100-coarse"
+
+
+def test_a_registry_that_refuses_the_user_names_the_permission_to_ask_for(full, monkeypatch):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
+
+    folder = trained(full.parent, full, 9)
+
+    def refuse(*args, **kwargs):
+        raise MlflowException("Permission denied", error_code=PERMISSION_DENIED)
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "bob")
+    monkeypatch.setattr(tracking, "is_server", lambda uri: True)  # as a team server answers: 403
+    monkeypatch.setattr(tracking, "check_store", lambda uri: None)
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", refuse)
+    with pytest.raises(
+        RegistryError, match=r"does not let user 'bob' do this \(403.*EDIT permission on registered model 'cifar10'"
+    ):
+        register(folder, full)
+    assert MlflowClient().search_model_versions("name='cifar10'") == []  # no half-registered version left
+
+
+def test_cifar_predict_tells_a_missing_store_from_a_model_whose_files_are_gone(full, tmp_path, monkeypatch):
+    import shutil
+
+    from cifar_pipeline.inference import ModelLoadError, load_model
+
+    register(trained(full.parent, full, 9), full)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # outside the project root: MLflow would make an empty mlflow.db here
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # as in a new cifar-predict process
+    with pytest.raises(ModelLoadError, match=r"there is no MLflow store here \(.*mlflow.db does not exist\)"):
+        load_model("models:/cifar10@champion")
+    assert list(elsewhere.iterdir()) == []
+    monkeypatch.chdir(full.parent)
+    mlflow.set_tracking_uri("")
+    shutil.rmtree(full.parent / "mlruns")  # the artifact store lost the model's files
+    with pytest.raises(ModelLoadError, match=r"it is v1 of cifar10 in .*, but its files .* cannot be read"):
+        load_model("models:/cifar10@champion")
+    with pytest.raises(ModelLoadError, match=r"check the name, alias or run id"):
+        load_model("models:/cifar10@nosuch")

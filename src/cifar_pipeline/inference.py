@@ -9,6 +9,8 @@ normalises its own input, so there is no preprocessing to repeat here.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,18 +70,47 @@ def _load_keras(path: Path) -> LoadedModel:
     return LoadedModel(read_json(classes)["names"], lambda x: model.predict(x, batch_size=PREDICT_BATCH, verbose=0))
 
 
+def _why_not_loaded(uri: str, err: BaseException) -> str:
+    """A model the store does not know, or one it knows whose files are gone from the artifact store."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    where = tracking.tracking_uri()
+    name, _, which = uri.removeprefix("models:/").partition("@" if "@" in uri else "/")
+    version = None
+    if uri.startswith("models:/") and which:
+        client = MlflowClient()
+        with contextlib.suppress(MlflowException):
+            lookup = client.get_model_version_by_alias if "@" in uri else client.get_model_version
+            found = lookup(name, which)
+            version = found.version, found.source
+    if version is None:
+        return (
+            f"cannot load {uri} from {where}: {first_line(err)}; check the name, alias or run id "
+            f"(`mlflow ui` lists them under Models)"
+        )
+    return (
+        f"cannot load {uri}: it is v{version[0]} of {name} in {where}, but its files ({version[1]}) cannot be read "
+        f"from the artifact store ({first_line(err, 160)}); restore them, or point the alias at another version "
+        f"(`mlflow ui`: Models -> {name})"
+    )
+
+
 def _load_mlflow(uri: str) -> LoadedModel:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    store = tracking.project_root() / "mlflow.db"
+    if not os.environ.get("MLFLOW_TRACKING_URI") and not store.is_file():  # MLflow would create an empty one
+        raise ModelLoadError(
+            f"cannot load {uri}: there is no MLflow store here ({store} does not exist); run this in the "
+            f"project's root, where `dvc repro` made it, or set MLFLOW_TRACKING_URI to the store"
+        )
     tracking.use_store()
     try:
         model = mlflow.pyfunc.load_model(uri)
-    except MlflowException as err:
-        raise ModelLoadError(
-            f"cannot load {uri} from {tracking.tracking_uri()}: {first_line(err)}; check the name, alias or run id "
-            f"(`mlflow ui` lists them under Models)"
-        ) from None
+    except (MlflowException, OSError) as err:
+        raise ModelLoadError(_why_not_loaded(uri, err)) from None
     names = (model.metadata.metadata or {}).get("class_names")
     if not names:
         raise ModelLoadError(f"{uri} carries no class names in its metadata (logged by an older version); retrain it")

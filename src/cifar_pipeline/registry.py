@@ -150,6 +150,9 @@ def register_model(
         if created and version is not None:  # no half-registered version: it goes, and the rerun registers it whole
             with contextlib.suppress(MlflowException):
                 client.delete_model_version(candidate.name, version.version)
+        if tracking.is_server(uri) and tracking.status_of(err) in (401, 403):
+            needs = f"EDIT permission on registered model {candidate.name!r}"
+            raise RegistryError(tracking.server_problem(err, uri, needs)) from None
         raise RegistryError(f"the model registry at {uri} refused: {first_line(err)}; run `dvc repro` again") from None
 
 

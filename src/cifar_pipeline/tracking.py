@@ -131,7 +131,8 @@ def is_server(uri: str) -> bool:
     return urlparse(uri).scheme in ("http", "https")
 
 
-def _status(err: BaseException) -> int | None:
+def status_of(err: BaseException) -> int | None:
+    """The HTTP status a failed MLflow request got, where it says."""
     if isinstance(err, requests.HTTPError) and err.response is not None:
         return err.response.status_code
     if isinstance(err, MlflowException) and err.error_code not in ("INTERNAL_ERROR", None):
@@ -154,11 +155,14 @@ def _reason(err: BaseException) -> str:
     return first_line(err)
 
 
-def server_problem(err: BaseException, uri: str) -> str:
-    """One line for a request the tracking server refused or failed, with what to do about it."""
+def server_problem(err: BaseException, uri: str, needs: str | None = None) -> str:
+    """One line for a request the tracking server refused or failed, with what to do about it.
+
+    `needs`: the permission a 403 asks for, when it is not EDIT on the experiment.
+    """
     where = _where(uri)
     user = urlparse(uri).username or read_mlflow_creds().username  # the URI's, the environment's, ~/.mlflow's
-    status = _status(err)
+    status = status_of(err)
     if status == 401:
         who = f"user '{user}'" if user else "a request without a user name"
         return (
@@ -167,9 +171,10 @@ def server_problem(err: BaseException, uri: str) -> str:
             f"a moment ago, the server cannot read its user database (see the server's log)"
         )
     if status == 403:
+        needs = needs or f"EDIT permission on experiment '{experiment_name()}' and the registered models"
         return (
             f"the MLflow tracking server {where} does not let user '{user}' do this (403: {first_line(err, 200)}); "
-            f"ask its admin for EDIT permission on experiment '{experiment_name()}' and the registered models"
+            f"ask its admin for {needs}"
         )
     return (
         f"the MLflow tracking server {where} failed ({_reason(err)}); this stage left no output. When the "
