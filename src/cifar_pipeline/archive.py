@@ -59,7 +59,7 @@ def check_size(member: tarfile.TarInfo, count: int, spec: DatasetSpec, archive: 
     if member.name == f"{spec.folder}/{name}" and name in spec.files:
         limit = spec.max_bytes(name)
     else:  # a member the reader skips (the readme) still has to be inflated to get past it
-        limit = max(spec.max_bytes(file) for file in spec.files)
+        limit = spec.max_member_bytes
     if member.size > limit:
         raise DataFormatError(
             f"{archive}: member {member.name!r} is {member.size:,} bytes, more than the official {spec.name} "

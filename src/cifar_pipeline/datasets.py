@@ -57,6 +57,11 @@ class DatasetSpec:
             return self.test_records // len(self.test_files) * self.record_size
         return MAX_NAMES_BYTES
 
+    @property
+    def max_member_bytes(self) -> int:
+        """The official archive's largest file: the most any one member or batch may hold."""
+        return max(self.max_bytes(file) for file in self.files)
+
 
 CIFAR10 = DatasetSpec(
     name="cifar10",

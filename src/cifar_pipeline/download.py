@@ -242,7 +242,7 @@ def download_dataset(dataset: str, params: Params, out_dir: Path, cache_dir: Pat
     if urlparse(source.url).password:
         print(
             f"note: data.{dataset}.url holds a password, so params.yaml and dvc.lock (both in git) hold it too; "
-            f"~/.netrc keeps it out of them (README, Data). MLflow and this output show it masked."
+            f"~/.netrc keeps it out of them (README: Offline, or behind a mirror); MLflow and logs show it masked"
         )
     archive = fetch(source.url, source.md5, cache_dir)
     raw = read_archive(archive, spec)

@@ -118,13 +118,13 @@ def read_array(path: Path) -> np.ndarray:
         )
     if shape[0] == 0:
         raise InputError(f"{path} holds no images (shape {shape}); give at least one")
-    array = np.load(path, mmap_mode="r", allow_pickle=False)  # read as the model asks, not all at once
+    array = np.load(path, mmap_mode="r", allow_pickle=False)  # read_inputs' concatenation reads it, once
     return array.reshape(shape)
 
 
 def read_batch(path: Path, num_classes: int) -> np.ndarray:
     """An official CIFAR binary batch; refused if its records belong to the other dataset."""
-    largest = max(spec.max_bytes(file) for spec in SPECS.values() for file in spec.files)
+    largest = max(spec.max_member_bytes for spec in SPECS.values())
     if path.stat().st_size > largest:
         raise InputError(
             f"{path} is {path.stat().st_size:,} bytes, larger than any official CIFAR batch ({largest:,}); "

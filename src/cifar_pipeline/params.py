@@ -157,9 +157,7 @@ def read_yaml(text: str, name: str = "params.yaml") -> Any:
     try:
         value = YAML(typ="safe").load(text)
     except RecursionError:
-        raise ParamsError(
-            f"{name} nests deeper than {MAX_YAML_DEPTH} levels; a params file needs a few: flatten it"
-        ) from None
+        raise ParamsError(_too_deep(name)) from None
     _check_bounds(value, name)
     return value
 
@@ -180,9 +178,7 @@ def _check_bounds(value: Any, name: str) -> None:
                 f"other?); a params file holds a few hundred: write the values out"
             )
         if depth > MAX_YAML_DEPTH:
-            raise ParamsError(
-                f"{name} nests deeper than {MAX_YAML_DEPTH} levels; a params file needs a few: flatten it"
-            )
+            raise ParamsError(_too_deep(name))
         children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
         pending.extend((child, depth + 1) for child in children)
 
