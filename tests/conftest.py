@@ -42,11 +42,18 @@ def session_server(archive_dir: Path, archives) -> Iterator[ArchiveServer]:
     thread.join(timeout=10)
 
 
+def _reset(server: ArchiveServer) -> None:
+    server.honour_range = True
+    server.stall_after = None
+    server.ranges.clear()
+    server.login = None
+
+
 @pytest.fixture
-def server(session_server: ArchiveServer) -> ArchiveServer:
-    """The session's server with its switches reset for this test."""
-    session_server.honour_range = True
-    session_server.stall_after = None
-    session_server.ranges.clear()
-    session_server.login = None
-    return session_server
+def server(session_server: ArchiveServer) -> Iterator[ArchiveServer]:
+    """The session's server with its switches reset for this test, and again after it: fixtures
+    that use `session_server` directly (the e2e project's download) must not meet a login or a
+    stall a download test left switched on."""
+    _reset(session_server)
+    yield session_server
+    _reset(session_server)
