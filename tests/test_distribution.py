@@ -223,15 +223,66 @@ def test_a_missing_or_bad_tf_config_is_one_clear_error(monkeypatch, tf_config, m
         distribution.cluster()
 
 
-def test_workers_with_other_params_refuse_to_train(cluster_project, tmp_path):
-    """A worker whose params.yaml says other epochs: both stop at once, with one line each."""
+@pytest.mark.parametrize("difference", ["params", "cluster list"])
+def test_workers_with_other_params_or_cluster_lists_refuse_to_train(cluster_project, tmp_path, difference):
+    """A worker whose params.yaml says other epochs, or whose TF_CONFIG spells the cluster
+    differently (it still meets the chief, and would then wait on a peer that is not there):
+    both stop at once, with one line each."""
     other = tmp_path / "other-worker"
     shutil.copytree(cluster_project, other, ignore=shutil.ignore_patterns("mlflow.db", "models"))
-    edit_params(other, lambda p: p["train"].update(epochs=5))
-    chief, worker = start_cluster(cluster_project, tf_configs(), worker_dir=other)
+    configs = tf_configs()
+    if difference == "params":
+        edit_params(other, lambda p: p["train"].update(epochs=5))
+    else:
+        config = json.loads(configs[1])
+        config["cluster"]["worker"][1] = config["cluster"]["worker"][1].replace("127.0.0.1", "localhost")
+        configs[1] = json.dumps(config)
+    chief, worker = start_cluster(cluster_project, configs, worker_dir=other)
     output, _ = chief.communicate(timeout=240)
     worker.wait(timeout=240)
     worker_output = (other / "worker.log").read_text()
     for result, text in ((worker.returncode, worker_output), (chief.returncode, output)):
         errors = [line for line in text.splitlines() if line.startswith("error:")]
-        assert result != 0 and len(errors) == 1 and "do not have the same params and data" in errors[0], text[-2000:]
+        assert result != 0 and len(errors) == 1 and "do not have the same params, data and TF_CONFIG" in errors[0], (
+            text[-2000:]
+        )
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_a_worker_whose_peer_never_comes_ends_in_bounded_time_with_one_line(cluster_project, index):
+    """The chief (through `dvc repro`) or a worker alone: TensorFlow would wait for its peer forever,
+    holding the GIL and ignoring SIGTERM."""
+    config = tf_configs()[index]
+    command = (
+        ("dvc", "repro", "train@cifar10") if index == 0 else (sys.executable, "-m", "cifar_pipeline.worker", "cifar10")
+    )
+    started = time.monotonic()
+    result = run(
+        cluster_project,
+        *command,
+        check=False,
+        env={"TF_CONFIG": config, "PYTHONPATH": "src", "CIFAR_CLUSTER_WAIT_S": "4"},
+    )
+    output = result.stdout + result.stderr
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert result.returncode != 0 and len(errors) == 1, output[-3000:]
+    assert f"worker {index} of the multi_worker cluster waited 4 s for its peers" in errors[0]
+    assert "Traceback" not in output and time.monotonic() - started < 90
+    assert not (cluster_project / "models/cifar10").exists()
+
+
+def test_a_tf_config_port_in_use_or_a_bad_wait_is_one_clear_error(monkeypatch):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        cluster = {"worker": [f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}"]}
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+        with pytest.raises(distribution.DistributionError, match=f"port {port} of worker 0's TF_CONFIG .* is in use"):
+            distribution.resolve("multi_worker")
+    monkeypatch.setenv("CIFAR_CLUSTER_WAIT_S", "soon")
+    with pytest.raises(distribution.DistributionError, match="CIFAR_CLUSTER_WAIT_S must be a number of seconds"):
+        distribution.cluster_wait_s()
+    monkeypatch.setenv(distribution.LOGICAL_CPUS_ENV, "100000")
+    with pytest.raises(distribution.DistributionError, match="must be a whole number from 1 to 64"):
+        distribution.split_cpu()

@@ -8,8 +8,13 @@ device or several (the rate is not scaled; set `train.learning_rate` for a bigge
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import os
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,6 +26,7 @@ from cifar_pipeline.errors import PipelineError
 
 # Splits the CPU into N logical devices, so `mirrored` can be tried (and is tested) without GPUs.
 LOGICAL_CPUS_ENV = "CIFAR_LOGICAL_CPUS"
+MAX_LOGICAL_CPUS = 64  # a try of mirrored, not a cluster: each device is a copy of the model
 
 
 class DistributionError(PipelineError):
@@ -33,6 +39,7 @@ class Distribution:
     strategy: tf.distribute.Strategy | None
     chief: bool = True  # only the chief logs to MLflow and writes outputs
     task: str = ""  # "worker 1", for messages
+    cluster: str = ""  # TF_CONFIG's cluster as canonical JSON: every worker must hold the same one
 
     @property
     def replicas(self) -> int:
@@ -84,8 +91,10 @@ def split_cpu() -> None:
         count = int(value)
     except ValueError:
         count = 0
-    if count < 1:
-        raise DistributionError(f"{LOGICAL_CPUS_ENV} must be a whole number >= 1, got {value!r}; unset it or fix it")
+    if not 1 <= count <= MAX_LOGICAL_CPUS:
+        raise DistributionError(
+            f"{LOGICAL_CPUS_ENV} must be a whole number from 1 to {MAX_LOGICAL_CPUS}, got {value!r}; unset it or fix it"
+        )
     cpu = tf.config.list_physical_devices("CPU")[0]
     # RuntimeError: the runtime already started (an in-process caller, a second train()): it keeps its devices.
     with contextlib.suppress(RuntimeError):
@@ -138,17 +147,92 @@ def cluster() -> tuple[dict, str, int]:
     return config["cluster"], kind, index
 
 
+def check_port(address: str, task: str) -> None:
+    """Refuse an address whose port another process holds: TensorFlow would fail to start its
+    server with a C++ error, or, on some versions, wait."""
+    host, _, port = address.rpartition(":")
+    if not port.isdigit() or not host:
+        raise DistributionError(f"TF_CONFIG gives {task} the address {address!r}; write it as host:port")
+    with socket.socket() as probe:
+        try:
+            probe.bind(("", int(port)))
+        except OSError as err:
+            if err.errno != errno.EADDRINUSE:
+                raise DistributionError(f"{task} cannot listen on port {port} of TF_CONFIG ({err.strerror})") from None
+            raise DistributionError(
+                f"port {port} of {task}'s TF_CONFIG address {address} is in use by another process: stop it, "
+                f"or give this worker a free port in the cluster list of every worker's TF_CONFIG"
+            ) from None
+
+
+# How long a worker waits for every worker of TF_CONFIG's cluster to start; a user starts
+# them by hand on several machines, so minutes, but not forever.
+CLUSTER_WAIT_ENV = "CIFAR_CLUSTER_WAIT_S"
+CLUSTER_WAIT_S = 600.0
+
+# Runs beside the worker: TensorFlow holds the GIL (and catches SIGTERM) while it connects to its
+# peers, so no thread or signal handler of the worker can end that wait. EOF on stdin: it is over.
+_WATCHDOG = """
+import os, select, signal, sys
+parent, seconds, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+if not select.select([sys.stdin], [], [], seconds)[0]:
+    sys.stderr.write(message + "\\n")
+    sys.stderr.flush()
+    os.kill(parent, signal.SIGKILL)
+"""
+
+
+def cluster_wait_s() -> float:
+    value = os.environ.get(CLUSTER_WAIT_ENV)
+    if not value:
+        return CLUSTER_WAIT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise DistributionError(
+            f"{CLUSTER_WAIT_ENV} must be a number of seconds > 0, got {value!r}; unset it or fix it"
+        )
+    return seconds
+
+
+@contextlib.contextmanager
+def bounded_wait(seconds: float, message: str) -> Iterator[None]:
+    """End this process with `message` (one line) if the block has not finished in `seconds`."""
+    watchdog = subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(seconds), message], stdin=subprocess.PIPE
+    )
+    try:
+        yield
+    finally:
+        watchdog.stdin.close()
+        watchdog.wait()
+
+
 def multi_worker() -> Distribution:
     spec, kind, index = cluster()
+    task = f"{kind} {index}"
     chief = kind == "chief" or (kind == "worker" and index == 0 and "chief" not in spec)
+    check_port(spec[kind][index], task)
     if not keras_workaround.applies():
         print(
             f"warning: the multi-worker fix was checked on Keras {keras_workaround.KERAS_CHECKED}; "
             f"Keras {keras.__version__} runs unpatched (keras-team/keras#20585 may be fixed there)"
         )
+    seconds = cluster_wait_s()
+    members = ", ".join(address for role in ("chief", "worker") for address in spec.get(role, []))
+    late = (
+        f"error: {task} of the multi_worker cluster waited {seconds:g} s for its peers ({members}) and not all "
+        f"came: start every worker of TF_CONFIG, with the same cluster list on each (the chief with `dvc repro`, "
+        f"the others with `python -m cifar_pipeline.worker`), check they can reach each other's ports, "
+        f"or set {CLUSTER_WAIT_ENV} to wait longer"
+    )
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=COLLECTIVE_TIMEOUT_S)
-    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-    return Distribution("multi_worker", strategy, chief=chief, task=f"{kind} {index}")
+    with bounded_wait(seconds, late):
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    canonical = json.dumps(spec, sort_keys=True)
+    return Distribution("multi_worker", strategy, chief=chief, task=task, cluster=canonical)
 
 
 def agree(distribution: Distribution, fingerprint: str) -> None:
@@ -159,12 +243,16 @@ def agree(distribution: Distribution, fingerprint: str) -> None:
     """
     if distribution.mode != "multi_worker":
         return
-    mine = float(int(fingerprint[:12], 16))  # 48 bits: exact in float64, and in a sum of a few
+    # The cluster list too: workers that disagree on it can still meet, and then wait on a peer
+    # that is not there at their first all-reduce.
+    combined = hashlib.sha256(f"{fingerprint} {distribution.cluster}".encode()).hexdigest()
+    mine = float(int(combined[:12], 16))  # 48 bits: exact in float64, and in a sum of a few
     total = float(distribution.strategy.reduce("SUM", tf.constant(mine, tf.float64), axis=None))
     if total != mine * distribution.replicas:
         raise DistributionError(
-            f"the workers of this multi_worker cluster do not have the same params and data ({distribution.task}: "
-            f"{fingerprint[:12]}); make params.yaml and data/ equal on every worker (same git commit, `dvc pull`)"
+            f"the workers of this multi_worker cluster do not have the same params, data and TF_CONFIG cluster list "
+            f"({distribution.task}: {combined[:12]}); make params.yaml and data/ equal on every worker (same git "
+            f"commit, `dvc pull`), and give every worker the same cluster list"
         )
 
 
