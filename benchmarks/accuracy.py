@@ -29,12 +29,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from cifar_pipeline.archive import read_archive  # noqa: E402
-from cifar_pipeline.datasets import CIFAR10  # noqa: E402
-from cifar_pipeline.hardware import cpu_flags, cpuinfo_value  # noqa: E402
-from cifar_pipeline.normalize import normalize_dataset  # noqa: E402
-from cifar_pipeline.outputs import save_arrays, write_json  # noqa: E402
-from cifar_pipeline.split import train_val_split  # noqa: E402
+from cifar_pipeline.core.datasets import CIFAR10  # noqa: E402
+from cifar_pipeline.core.files import save_arrays, write_json  # noqa: E402
+from cifar_pipeline.data.archive import read_archive  # noqa: E402
+from cifar_pipeline.data.channel_stats import normalize_dataset  # noqa: E402
+from cifar_pipeline.data.split import train_val_split  # noqa: E402
+from cifar_pipeline.training.hardware import cpu_flags, cpuinfo_value  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from recipes import FAST_NETWORK, FAST_RECIPE  # noqa: E402

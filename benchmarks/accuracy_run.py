@@ -25,14 +25,14 @@ import numpy as np
 import yaml
 
 # isort: on
-from cifar_pipeline.evaluation import evaluate_probabilities
-from cifar_pipeline.hardware import precision_policy
-from cifar_pipeline.model import exportable
-from cifar_pipeline.normalize import ChannelStats
-from cifar_pipeline.outputs import load_array, read_json
-from cifar_pipeline.params import parse_params
-from cifar_pipeline.training import export_model, fit_classifier, new_classifier
-from cifar_pipeline.views import VIEWS, with_test_views
+from cifar_pipeline.core.files import load_array, read_json
+from cifar_pipeline.core.params import parse_params
+from cifar_pipeline.data.channel_stats import ChannelStats
+from cifar_pipeline.inference.evaluation import evaluate_probabilities
+from cifar_pipeline.training.hardware import precision_policy
+from cifar_pipeline.training.model import exportable
+from cifar_pipeline.training.trainer import export_model, fit_classifier, new_classifier
+from cifar_pipeline.training.views import VIEWS, with_test_views
 from recipes import apply_overrides
 from seed_port import SeedPortOptions, train_seed_port
 from train_speed import forward_flops

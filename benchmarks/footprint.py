@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))  # the project's own fixture builders
 
 from archives import build_archive  # noqa: E402
-from cifar_pipeline.hardware import cpu_flags, cpuinfo_value  # noqa: E402
+from cifar_pipeline.training.hardware import cpu_flags, cpuinfo_value  # noqa: E402
 from project import create, edit_params, environment, run  # noqa: E402
 
 FULL = {"train_per_file": 10_000, "test": 10_000, "epochs": 2}

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))  # the project's own fixture builders
 
 from archives import build_archive  # noqa: E402
-from cifar_pipeline.hardware import cpu_flags, cpu_has_fast_bfloat16, cpuinfo_value  # noqa: E402
+from cifar_pipeline.training.hardware import cpu_flags, cpu_has_fast_bfloat16, cpuinfo_value  # noqa: E402
 from project import create, environment  # noqa: E402
 
 FULL = {"train_images": 2048, "epochs": 5, "batch_size": 128, "train_per_file": 10_000, "test": 10_000, "repeats": 3}

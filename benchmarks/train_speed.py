@@ -27,12 +27,12 @@ import numpy as np
 import tensorflow as tf
 
 # isort: on
-from cifar_pipeline.hardware import precision_policy
-from cifar_pipeline.input_pipeline import steps_per_epoch, training_dataset
-from cifar_pipeline.model import build_classifier, set_whitening
-from cifar_pipeline.normalize import ChannelStats
-from cifar_pipeline.params import parse_params, read_yaml
-from cifar_pipeline.recipe import compile_classifier
+from cifar_pipeline.core.params import parse_params, read_yaml
+from cifar_pipeline.data.channel_stats import ChannelStats
+from cifar_pipeline.training.hardware import precision_policy
+from cifar_pipeline.training.input_pipeline import steps_per_epoch, training_dataset
+from cifar_pipeline.training.model import build_classifier, set_whitening
+from cifar_pipeline.training.recipe import compile_classifier
 from recipes import FAST_NETWORK, apply_overrides
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"

@@ -8,8 +8,8 @@ without saying which names are allowed).
 
 from pathlib import Path
 
-from cifar_pipeline.cli import run_stage
-from cifar_pipeline.params import mark_checked
+from cifar_pipeline.core.params import mark_checked
+from cifar_pipeline.core.stage_runner import run_stage
 
 
 def arguments(parser):

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from cifar_pipeline.cli import run_stage
-from cifar_pipeline.download import download_dataset
+from cifar_pipeline.core.stage_runner import run_stage
+from cifar_pipeline.data.download import download_dataset
 
 
 def arguments(parser):

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from cifar_pipeline.cli import run_stage
-from cifar_pipeline.normalize import normalize_dataset
+from cifar_pipeline.core.stage_runner import run_stage
+from cifar_pipeline.data.channel_stats import normalize_dataset
 
 
 def arguments(parser):

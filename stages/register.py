@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from cifar_pipeline.cli import run_stage
-from cifar_pipeline.registry import register_model
+from cifar_pipeline.core.stage_runner import run_stage
+from cifar_pipeline.registry.register import register_model
 
 
 def arguments(parser):

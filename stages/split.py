@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from cifar_pipeline.cli import run_stage
-from cifar_pipeline.split import split_dataset
+from cifar_pipeline.core.stage_runner import run_stage
+from cifar_pipeline.data.split import split_dataset
 
 
 def arguments(parser):

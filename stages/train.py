@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from cifar_pipeline.cli import run_stage
-from cifar_pipeline.training import train
+from cifar_pipeline.core.stage_runner import run_stage
+from cifar_pipeline.training.trainer import train
 
 
 def arguments(parser):

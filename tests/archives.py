@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cifar_pipeline.datasets import SPECS, DatasetSpec
+from cifar_pipeline.core.datasets import SPECS, DatasetSpec
 
 
 def class_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:

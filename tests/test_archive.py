@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from archives import build_archive
-from cifar_pipeline.archive import read_archive
-from cifar_pipeline.datasets import CIFAR10, CIFAR100, DataFormatError
+from cifar_pipeline.core.datasets import CIFAR10, CIFAR100, DataFormatError
+from cifar_pipeline.data.archive import read_archive
 
 
 @pytest.mark.parametrize(

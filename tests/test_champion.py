@@ -2,7 +2,7 @@
 
 import pytest
 
-from cifar_pipeline.champion import Standing, beats, decide
+from cifar_pipeline.registry.champion import Standing, beats, decide
 
 
 def test_the_only_version_takes_champion():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from archives import class_images, encode_records
-from cifar_pipeline.datasets import CIFAR10, CIFAR100, DataFormatError, parse_records
+from cifar_pipeline.core.datasets import CIFAR10, CIFAR100, DataFormatError, parse_records
 
 
 @pytest.mark.parametrize("spec", [CIFAR10, CIFAR100], ids=lambda s: s.name)

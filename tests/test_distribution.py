@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cifar_pipeline import distribution, keras_workaround
+from cifar_pipeline.training import distribution, keras_workaround
 from project import create, edit_params, environment, run, start_training
 
 pytestmark = pytest.mark.e2e
@@ -123,7 +123,7 @@ def start_cluster(path, configs: list[str], worker_dir=None) -> tuple[subprocess
     )
     log = open(worker_dir / "worker.log", "w")  # noqa: SIM115 (the worker writes it while the test polls)
     worker = subprocess.Popen(
-        [sys.executable, "-m", "cifar_pipeline.worker", "cifar10"],
+        [sys.executable, "-m", "cifar_pipeline.training.worker", "cifar10"],
         cwd=worker_dir,
         env=environment() | {"TF_CONFIG": configs[1], "PYTHONPATH": "src"},
         stdout=log,
@@ -182,7 +182,7 @@ def test_the_worker_command_refuses_the_chiefs_tf_config(cluster_project):
         cluster_project,
         sys.executable,
         "-m",
-        "cifar_pipeline.worker",
+        "cifar_pipeline.training.worker",
         "cifar10",
         check=False,
         env={"TF_CONFIG": tf_configs(1)[0], "PYTHONPATH": "src"},
@@ -193,7 +193,7 @@ def test_the_worker_command_refuses_the_chiefs_tf_config(cluster_project):
 
 def test_keras_still_needs_the_multi_worker_workaround(tmp_path):
     """When this fails, Keras fixed keras-team/keras#20585 (or changed version): re-check
-    `cifar_pipeline.keras_workaround` and drop it if plain Keras trains."""
+    `cifar_pipeline.training.keras_workaround` and drop it if plain Keras trains."""
     assert keras.__version__ == keras_workaround.KERAS_CHECKED
     probe = [sys.executable, str(Path(__file__).parent / "multi_worker_probe.py")]
     procs = [
@@ -254,7 +254,9 @@ def test_a_worker_whose_peer_never_comes_ends_in_bounded_time_with_one_line(clus
     holding the GIL and ignoring SIGTERM."""
     config = tf_configs()[index]
     command = (
-        ("dvc", "repro", "train@cifar10") if index == 0 else (sys.executable, "-m", "cifar_pipeline.worker", "cifar10")
+        ("dvc", "repro", "train@cifar10")
+        if index == 0
+        else (sys.executable, "-m", "cifar_pipeline.training.worker", "cifar10")
     )
     started = time.monotonic()
     result = run(

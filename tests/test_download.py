@@ -3,8 +3,8 @@ import sys
 
 import pytest
 
-from cifar_pipeline.download import DownloadError, fetch, local_path
-from cifar_pipeline.errors import redact
+from cifar_pipeline.core.errors import redact
+from cifar_pipeline.data.download import DownloadError, fetch, local_path
 
 
 def test_http_download_is_verified_and_kept(server, archives, tmp_path):

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from cifar_pipeline.errors import redact
+from cifar_pipeline.core.errors import redact
 from project import ROOT, environment
 from team_servers import free_port
 
@@ -25,7 +25,7 @@ def test_passwords_and_query_strings_are_masked_and_the_rest_kept():
 def test_a_tracking_uri_with_a_password_is_masked_in_the_error_line(tmp_path):
     uri = f"http://alice:s3cret-pw@127.0.0.1:{free_port()}"
     result = subprocess.run(
-        [sys.executable, "-m", "cifar_pipeline.predict", "models:/cifar10@champion", str(tmp_path / "x.png")],
+        [sys.executable, "-m", "cifar_pipeline.inference.predict", "models:/cifar10@champion", str(tmp_path / "x.png")],
         env=environment() | {"PYTHONPATH": str(ROOT / "src"), "MLFLOW_TRACKING_URI": uri},
         capture_output=True,
         text=True,

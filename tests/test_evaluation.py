@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cifar_pipeline.evaluation import evaluate_probabilities
+from cifar_pipeline.inference.evaluation import evaluate_probabilities
 
 
 def test_metrics_from_known_probabilities():

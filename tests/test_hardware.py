@@ -1,6 +1,6 @@
 import pytest
 
-from cifar_pipeline import hardware
+from cifar_pipeline.training import hardware
 
 
 @pytest.mark.parametrize(

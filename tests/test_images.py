@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifar_pipeline.images import MAX_PIXELS, InputError, read_inputs
+from cifar_pipeline.inference.user_images import MAX_PIXELS, InputError, read_inputs
 
 
 def read(*paths: Path) -> np.ndarray:
@@ -110,7 +110,7 @@ def test_cifar_predict_survives_odd_file_names_and_a_closed_pipe(tmp_path):
     odd = os.fsencode(tmp_path) + b"/caf\xe9.npy"
     np.save(os.fsdecode(odd), np.zeros((1000, 32, 32, 3), np.uint8))
     env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
-    command = [sys.executable, "-m", "cifar_pipeline.predict", str(tmp_path / "model"), os.fsdecode(odd)]
+    command = [sys.executable, "-m", "cifar_pipeline.inference.predict", str(tmp_path / "model"), os.fsdecode(odd)]
     shown = subprocess.run(command, env=env, capture_output=True, timeout=120)
     assert shown.returncode == 0 and b"Traceback" not in shown.stderr, shown.stderr[-2000:]
     assert b"caf\\udce9.npy[999]" in shown.stdout

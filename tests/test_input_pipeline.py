@@ -1,7 +1,7 @@
 import numpy as np
 
-from cifar_pipeline.input_pipeline import steps_per_epoch, training_dataset
-from cifar_pipeline.params import AugmentParams
+from cifar_pipeline.core.params import AugmentParams
+from cifar_pipeline.training.input_pipeline import steps_per_epoch, training_dataset
 
 NO_AUGMENT = AugmentParams(flip=False, shift=0)
 

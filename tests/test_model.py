@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import pytest
 
-from cifar_pipeline.model import build_classifier, exportable, patch_whitening, set_whitening
-from cifar_pipeline.normalize import ChannelStats
-from cifar_pipeline.params import ModelParams
+from cifar_pipeline.core.params import ModelParams
+from cifar_pipeline.data.channel_stats import ChannelStats
+from cifar_pipeline.training.model import build_classifier, exportable, patch_whitening, set_whitening
 
 SEED_MODEL = ModelParams(
     filters=(32, 64, 128, 256), dropouts=(0.25, 0.35, 0.45, 0.35), dense_units=1024, activation="relu"

@@ -1,7 +1,7 @@
 import numpy as np
 
-from cifar_pipeline.normalize import ChannelStats, channel_stats, normalize_dataset
-from cifar_pipeline.outputs import save_arrays
+from cifar_pipeline.core.files import save_arrays
+from cifar_pipeline.data.channel_stats import ChannelStats, channel_stats, normalize_dataset
 
 
 def _images():

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from cifar_pipeline import cli, outputs
-from cifar_pipeline.outputs import MARKER, OutputError, atomic_dir, atomic_file
+from cifar_pipeline.core import files, stage_runner
+from cifar_pipeline.core.files import MARKER, OutputError, atomic_dir, atomic_file
 from project import ROOT
 
 
 @pytest.fixture(autouse=True)
 def no_leftover_checks():
     yield
-    outputs.clear_commit_checks()
+    files.clear_commit_checks()
 
 
 def test_a_stage_folder_carries_the_marker_and_can_be_replaced(tmp_path):
@@ -62,7 +62,7 @@ def test_a_write_error_without_a_path_gets_the_outputs_path(tmp_path):
     with pytest.raises(OSError) as caught, atomic_dir(tmp_path / "raw"):
         raise OSError(errno.ENOSPC, "No space left on device")  # as numpy's writes raise it
     assert caught.value.filename == str(tmp_path / "raw")
-    assert "no space left on the device writing" in cli.file_system_problem(caught.value)
+    assert "no space left on the device writing" in stage_runner.file_system_problem(caught.value)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -77,14 +77,14 @@ def project_root(tmp_path, monkeypatch):
 
 def test_params_changed_during_the_stage_keep_its_output_back(project_root):
     tmp_path = project_root
-    cli.guard_params("train.py", "cifar10")
+    stage_runner.guard_params("train.py", "cifar10")
     text = (tmp_path / "params.yaml").read_text()
     (tmp_path / "params.yaml").write_text(text.replace("learning_rate: 0.005", "learning_rate: 1e-4"))
     changed = r"train.learning_rate 0.005 -> 0.0001; .*run `dvc repro` again"
-    with pytest.raises(cli.ParamsChanged, match=changed), atomic_dir(tmp_path / "models/cifar10") as tmp:
+    with pytest.raises(stage_runner.ParamsChanged, match=changed), atomic_dir(tmp_path / "models/cifar10") as tmp:
         (tmp / "model.keras").write_text("weights")
     assert not (tmp_path / "models/cifar10").exists()
-    with pytest.raises(cli.ParamsChanged), atomic_file(tmp_path / "plots.csv") as tmp:
+    with pytest.raises(stage_runner.ParamsChanged), atomic_file(tmp_path / "plots.csv") as tmp:
         tmp.write_text("epoch\n")
     assert not (tmp_path / "plots.csv").exists()
     # bookkeeping (checkpoints) is not an output: it is never held back
@@ -95,7 +95,7 @@ def test_params_changed_during_the_stage_keep_its_output_back(project_root):
 
 def test_params_another_stage_reads_may_change(project_root):
     tmp_path = project_root
-    cli.guard_params("split.py", "cifar10")
+    stage_runner.guard_params("split.py", "cifar10")
     text = (tmp_path / "params.yaml").read_text()
     (tmp_path / "params.yaml").write_text(text.replace("epochs: 200", "epochs: 3"))
     with atomic_dir(tmp_path / "data/split/cifar10") as tmp:

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cifar_pipeline.params import ParamsError, flatten, load_params, parse_params
+from cifar_pipeline.core.params import ParamsError, flatten, load_params, parse_params
 
 PROJECT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -215,9 +215,9 @@ def test_params_are_read_with_the_yaml_rules_dvc_uses(tmp_path):
 def test_model_weights_estimate_matches_keras(change):
     import dataclasses
 
-    from cifar_pipeline.model import build_classifier
-    from cifar_pipeline.normalize import ChannelStats
-    from cifar_pipeline.params import model_weights
+    from cifar_pipeline.core.params import model_weights
+    from cifar_pipeline.data.channel_stats import ChannelStats
+    from cifar_pipeline.training.model import build_classifier
 
     model = dataclasses.replace(load_params(PROJECT_PARAMS).train.model, **change)
     stats = ChannelStats(mean=(0.0,) * 3, std=(1.0,) * 3)

@@ -174,7 +174,7 @@ def test_dvc_metrics_and_plots(project):
 def test_offline_plots_template_inlines_vega(project):
     """The README's offline path: after one command, `dvc plots show` needs no network."""
     path, _ = project
-    run(path, "sh", "-c", "PYTHONPATH=src python -m cifar_pipeline.offline_plots")
+    run(path, "sh", "-c", "PYTHONPATH=src python -m cifar_pipeline.tracking.offline_plots")
     assert "html_template = tmp/plots-offline.html" in (path / ".dvc/config.local").read_text()
     run(path, "dvc", "plots", "show", "-o", "plots_offline")
     html = (path / "plots_offline/index.html").read_text()
@@ -253,8 +253,8 @@ def user_inputs(project, archives, tmp_path_factory):
 
 
 def test_predict_prints_the_models_own_top5_for_every_kind_of_input(project, user_inputs):
-    from cifar_pipeline.images import read_inputs
-    from cifar_pipeline.predict import top_k
+    from cifar_pipeline.inference.predict import top_k
+    from cifar_pipeline.inference.user_images import read_inputs
 
     path, _ = project
     images = user_inputs
@@ -462,7 +462,7 @@ def test_another_archive_reruns_every_stage_of_that_dataset_only(project, tmp_pa
 
 def test_editing_a_module_reruns_exactly_the_stages_that_import_it(project):
     path, _ = project
-    with open(path / "src/cifar_pipeline/evaluation.py", "a") as module:
+    with open(path / "src/cifar_pipeline/inference/evaluation.py", "a") as module:
         module.write("# an edit\n")
     assert sorted(stages_run(run(path, "dvc", "repro").stdout)) == sorted(
         [f"evaluate@{d}" for d in DATASETS] + REGISTERS

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from cifar_pipeline.params import ScheduleParams, load_params
-from cifar_pipeline.recipe import (
+from cifar_pipeline.core.params import ScheduleParams, load_params
+from cifar_pipeline.training.recipe import (
     SparseCrossentropy,
     build_optimizer,
     compile_classifier,

@@ -20,12 +20,13 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cifar_pipeline import registry_lock, tracking
-from cifar_pipeline.evaluation import evaluate_model
-from cifar_pipeline.layout import CLASSES_FILE, MODEL_FILE, RUN_FILE
-from cifar_pipeline.outputs import save_arrays, write_json
-from cifar_pipeline.registry import RegistryError, register_model, registered_name
-from cifar_pipeline.training import log_model
+from cifar_pipeline.core.files import save_arrays, write_json
+from cifar_pipeline.core.layout import CLASSES_FILE, MODEL_FILE, RUN_FILE
+from cifar_pipeline.inference.evaluation import evaluate_model
+from cifar_pipeline.registry import lock
+from cifar_pipeline.registry.register import RegistryError, register_model, registered_name
+from cifar_pipeline.tracking import mlflow_runs
+from cifar_pipeline.training.trainer import log_model
 from project import ROOT, environment
 from team_servers import Service, answers, free_port
 
@@ -83,7 +84,7 @@ def trained(root: Path, split: Path, klass: int, seed: int = 0) -> Path:
     """What train + evaluate leave: a model folder, an MLflow run with a logged model, a metrics file."""
     folder = root / f"model-{klass}-{uuid.uuid4().hex[:6]}"
     model = always(klass)
-    with tracking.training_run("cifar10", PARAMS | {"train.seed": seed, "train.klass": klass}) as (run_id, _):
+    with mlflow_runs.training_run("cifar10", PARAMS | {"train.seed": seed, "train.klass": klass}) as (run_id, _):
         uri = log_model(
             model, np.zeros((8, 32, 32, 3), np.uint8), {"names": CLASSES, "dataset": "cifar10", "label_mode": "label"}
         )
@@ -111,7 +112,7 @@ def test_the_first_version_takes_champion_and_the_record_holds_the_stores_number
         "version": 1,
         "run_id": None,
         "model_id": None,
-        "test_set_digest": tracking.images_digest("0" * 32, "label", np.arange(100)),
+        "test_set_digest": mlflow_runs.images_digest("0" * 32, "label", np.arange(100)),
         "test_images": 100,
         "test_accuracy": 0.19,
         "champion": True,
@@ -141,7 +142,7 @@ def test_the_test_metrics_are_the_logged_models_on_the_test_dataset(full):
     [metric] = [m for m in mlflow.get_logged_model(model_id).metrics if m.key == "test_accuracy"]
     assert (metric.value, metric.dataset_name) == (0.19, "cifar10-test")
     best = mlflow.search_logged_models(
-        experiment_ids=[tracking.configure()],
+        experiment_ids=[mlflow_runs.configure()],
         output_format="list",
         order_by=[{"field_name": "metrics.test_accuracy", "ascending": False}],
     )
@@ -163,7 +164,7 @@ def test_a_quick_try_champion_is_scored_on_the_full_test_set_and_loses_it(full, 
     )
     # the score is kept on v1's logged model, from a run shown under the candidate's run
     [scoring] = mlflow.search_runs(
-        [tracking.configure()], filter_string="tags.scored_version = 'cifar10/1'", output_format="list"
+        [mlflow_runs.configure()], filter_string="tags.scored_version = 'cifar10/1'", output_format="list"
     )
     assert scoring.data.tags["mlflow.parentRunId"] == record["run_id"]
     # ... so the next quick try scores the champion on the subsample, and a worse model does not take it
@@ -213,12 +214,12 @@ def test_register_again_changes_nothing_and_puts_back_what_the_store_lost(full, 
 
 
 def test_a_lock_left_by_a_killed_register_is_taken_over_and_a_live_one_waited_for(store, monkeypatch):
-    client = MlflowClient(tracking.use_store())
+    client = MlflowClient(mlflow_runs.use_store())
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = {"host": registry_lock.socket.gethostname(), "pid": dead.stdout.strip(), "heartbeat": f"{time.time()}"}
+    stale = {"host": lock.socket.gethostname(), "pid": dead.stdout.strip(), "heartbeat": f"{time.time()}"}
     client.create_registered_model("cifar10.lock", tags=stale)
     said: list[str] = []
-    with registry_lock.registration_lock(client, "cifar10", say=said.append):
+    with lock.registration_lock(client, "cifar10", say=said.append):
         assert client.get_registered_model("cifar10.lock").tags["pid"] == str(os.getpid())
     assert said == [
         f"taking over the registry lock cifar10.lock of {stale['host']}:{stale['pid']}: its process "
@@ -226,16 +227,16 @@ def test_a_lock_left_by_a_killed_register_is_taken_over_and_a_live_one_waited_fo
     ]
     assert client.search_registered_models("name = 'cifar10.lock'") == []
 
-    client.create_registered_model("cifar10.lock", tags=registry_lock._me())  # alive: this very process
-    monkeypatch.setattr(registry_lock, "WAIT_S", 1.0)
-    waiting = registry_lock.registration_lock(client, "cifar10", say=said.append)
-    with pytest.raises(registry_lock.LockTimeout, match="delete the registered model cifar10.lock"), waiting:
+    client.create_registered_model("cifar10.lock", tags=lock._me())  # alive: this very process
+    monkeypatch.setattr(lock, "WAIT_S", 1.0)
+    waiting = lock.registration_lock(client, "cifar10", say=said.append)
+    with pytest.raises(lock.LockTimeout, match="delete the registered model cifar10.lock"), waiting:
         pass
 
 
 RACER = """
 import pathlib, sys, time
-from cifar_pipeline.registry import register_model
+from cifar_pipeline.registry.register import register_model
 folder, split, go = map(pathlib.Path, sys.argv[1:])
 (folder / "ready").touch()
 while not go.exists():
@@ -246,7 +247,7 @@ register_model("cifar10", split, folder / "model", folder / "metrics.json", fold
 
 def race(full: Path, rounds: int, env: dict[str, str]) -> None:
     """Each round two better models register at the same moment; the better must end as champion."""
-    client = MlflowClient(tracking.use_store())
+    client = MlflowClient(mlflow_runs.use_store())
     base = trained(full.parent, full, 0)
     register(base, full)
     for r in range(rounds):
@@ -336,8 +337,8 @@ def test_a_registry_that_refuses_the_user_names_the_permission_to_ask_for(full, 
         raise MlflowException("Permission denied", error_code=PERMISSION_DENIED)
 
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "bob")
-    monkeypatch.setattr(tracking, "is_server", lambda uri: True)  # as a team server answers: 403
-    monkeypatch.setattr(tracking, "check_store", lambda uri: None)
+    monkeypatch.setattr(mlflow_runs, "is_server", lambda uri: True)  # as a team server answers: 403
+    monkeypatch.setattr(mlflow_runs, "check_store", lambda uri: None)
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", refuse)
     with pytest.raises(
         RegistryError, match=r"does not let user 'bob' do this \(403.*EDIT permission on registered model 'cifar10'"
@@ -349,7 +350,7 @@ def test_a_registry_that_refuses_the_user_names_the_permission_to_ask_for(full, 
 def test_cifar_predict_tells_a_missing_store_from_a_model_whose_files_are_gone(full, tmp_path, monkeypatch):
     import shutil
 
-    from cifar_pipeline.inference import ModelLoadError, load_model
+    from cifar_pipeline.inference.loading import ModelLoadError, load_model
 
     register(trained(full.parent, full, 9), full)
     elsewhere = tmp_path / "elsewhere"

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cifar_pipeline.split import allocate, select_test_images, train_val_split
+from cifar_pipeline.data.split import allocate, select_test_images, train_val_split
 
 
 @pytest.fixture

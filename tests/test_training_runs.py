@@ -18,16 +18,17 @@ import pytest
 import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
-from cifar_pipeline import cli, training
-from cifar_pipeline.checkpoint import CHECKPOINT_ROOT
-from cifar_pipeline.input_pipeline import steps_per_epoch
-from cifar_pipeline.layout import MODEL_FILE
-from cifar_pipeline.model import patch_whitening
-from cifar_pipeline.normalize import ChannelStats
-from cifar_pipeline.outputs import save_arrays, write_json
-from cifar_pipeline.params import ModelParams, load_params
-from cifar_pipeline.recipe import learning_rate_schedule
-from cifar_pipeline.training import TrainingDiverged, train
+from cifar_pipeline.core import stage_runner
+from cifar_pipeline.core.files import save_arrays, write_json
+from cifar_pipeline.core.layout import MODEL_FILE
+from cifar_pipeline.core.params import ModelParams, load_params
+from cifar_pipeline.data.channel_stats import ChannelStats
+from cifar_pipeline.training import trainer
+from cifar_pipeline.training.checkpoint import CHECKPOINT_ROOT
+from cifar_pipeline.training.input_pipeline import steps_per_epoch
+from cifar_pipeline.training.model import patch_whitening
+from cifar_pipeline.training.recipe import learning_rate_schedule
+from cifar_pipeline.training.trainer import TrainingDiverged, train
 from project import ROOT
 
 EPOCHS = 4
@@ -98,7 +99,7 @@ def test_a_finished_run_leaves_no_checkpoint(setup):
 
 def test_non_finite_loss_fails_the_run_with_the_reason_and_writes_nothing(setup, monkeypatch):
     tmp = setup[3]
-    real_build = training.build_classifier
+    real_build = trainer.build_classifier
 
     def diverging(model_params, num_classes, stats):  # the classifier, with outputs that have blown up
         inner = real_build(model_params, num_classes, stats)
@@ -106,7 +107,7 @@ def test_non_finite_loss_fails_the_run_with_the_reason_and_writes_nothing(setup,
         blown_up = keras.layers.Lambda(lambda p: p * float("nan"), dtype="float32")  # float32, as the real head
         return keras.Model(inputs, blown_up(inner(inputs)))
 
-    monkeypatch.setattr(training, "build_classifier", diverging)
+    monkeypatch.setattr(trainer, "build_classifier", diverging)
     with pytest.raises(TrainingDiverged, match="loss is nan"):
         run_train(setup)
     _client, run = only_run(tmp)
@@ -117,14 +118,14 @@ def test_non_finite_loss_fails_the_run_with_the_reason_and_writes_nothing(setup,
 
 def test_ctrl_c_marks_the_run_killed_and_the_next_run_continues_it(setup, monkeypatch):
     tmp = setup[3]
-    original = training.EpochLogger.on_epoch_end
+    original = trainer.EpochLogger.on_epoch_end
 
     def interrupt_at_epoch_3(self, epoch, logs=None):
         if epoch == 2:
             raise KeyboardInterrupt
         original(self, epoch, logs)
 
-    monkeypatch.setattr(training.EpochLogger, "on_epoch_end", interrupt_at_epoch_3)
+    monkeypatch.setattr(trainer.EpochLogger, "on_epoch_end", interrupt_at_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         run_train(setup)
     client, run = only_run(tmp)
@@ -133,7 +134,7 @@ def test_ctrl_c_marks_the_run_killed_and_the_next_run_continues_it(setup, monkey
     state = json.loads(next(CHECKPOINT_ROOT.glob("cifar10-*/state.json")).read_text())
     assert state["epochs_done"] == 2 and state["run_id"] == run.info.run_id
 
-    monkeypatch.setattr(training.EpochLogger, "on_epoch_end", original)
+    monkeypatch.setattr(trainer.EpochLogger, "on_epoch_end", original)
     assert run_train(setup) == run.info.run_id
     client, run = only_run(tmp)
     assert run.info.status == "FINISHED" and run.data.tags["resumed_after_epoch"] == "2"
@@ -167,10 +168,10 @@ def test_a_kill_between_checkpoint_and_log_is_filled_in_on_resume(setup, monkeyp
             raise KeyboardInterrupt  # the checkpoint of epoch 2 is committed, its metrics never logged
         return real_log(metrics, step=step, **kwargs)
 
-    monkeypatch.setattr(training.mlflow, "log_metrics", die_on_step_2)
+    monkeypatch.setattr(trainer.mlflow, "log_metrics", die_on_step_2)
     with pytest.raises(KeyboardInterrupt):
         run_train(setup)
-    monkeypatch.setattr(training.mlflow, "log_metrics", real_log)
+    monkeypatch.setattr(trainer.mlflow, "log_metrics", real_log)
     run_train(setup)
     client, run = only_run(tmp)
     assert steps(client, run.info.run_id) == [1, 2, 3, 4]
@@ -178,16 +179,16 @@ def test_a_kill_between_checkpoint_and_log_is_filled_in_on_resume(setup, monkeyp
 
 def test_a_changed_param_starts_a_new_run_instead_of_resuming(setup, monkeypatch):
     params, split, stats, tmp = setup
-    original = training.EpochLogger.on_epoch_end
+    original = trainer.EpochLogger.on_epoch_end
 
     def interrupt(self, epoch, logs=None):
         original(self, epoch, logs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training.EpochLogger, "on_epoch_end", interrupt)
+    monkeypatch.setattr(trainer.EpochLogger, "on_epoch_end", interrupt)
     with pytest.raises(KeyboardInterrupt):
         run_train(setup)
-    monkeypatch.setattr(training.EpochLogger, "on_epoch_end", original)
+    monkeypatch.setattr(trainer.EpochLogger, "on_epoch_end", original)
     changed = dataclasses.replace(params, train=dataclasses.replace(params.train, seed=params.train.seed + 1))
     train("cifar10", changed, split, stats, tmp / "models", tmp / "loss.csv", tmp / "accuracy.csv")
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
@@ -215,17 +216,17 @@ def test_both_cpu_precisions_train_and_export_a_float32_model(setup, setting, po
 
 def interrupt_after_epoch(setup, monkeypatch, epoch: int) -> None:
     """Run training and Ctrl-C it once `epoch` is committed (checkpointed and logged)."""
-    original = training.EpochLogger.on_epoch_end
+    original = trainer.EpochLogger.on_epoch_end
 
     def interrupt(self, index, logs=None):
         original(self, index, logs)
         if index + 1 == epoch:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(training.EpochLogger, "on_epoch_end", interrupt)
+    monkeypatch.setattr(trainer.EpochLogger, "on_epoch_end", interrupt)
     with pytest.raises(KeyboardInterrupt):
         run_train(setup)
-    monkeypatch.setattr(training.EpochLogger, "on_epoch_end", original)
+    monkeypatch.setattr(trainer.EpochLogger, "on_epoch_end", original)
 
 
 def all_runs(tmp):
@@ -264,7 +265,7 @@ def test_a_corrupt_checkpoint_model_ends_its_run_failed_and_a_new_run_trains(set
 
 def test_evaluating_the_same_model_again_logs_its_test_metrics_once(setup):
     """A SIGKILL during evaluate reruns it on the next `dvc repro`: no duplicate history."""
-    from cifar_pipeline.evaluation import evaluate_model
+    from cifar_pipeline.inference.evaluation import evaluate_model
 
     _, split, _, tmp = setup
     run_id = run_train(setup)
@@ -278,16 +279,16 @@ def test_evaluating_the_same_model_again_logs_its_test_metrics_once(setup):
 def test_a_swallowed_ctrl_c_still_stops_training_at_the_next_batch(setup, monkeypatch):
     """The handler's KeyboardInterrupt can land where it is swallowed ("Exception ignored in"
     a destructor); the recorded signal stops training all the same, and the run ends KILLED."""
-    original = training.EpochLogger.on_epoch_end
+    original = trainer.EpochLogger.on_epoch_end
 
     def signal_lands_in_a_destructor(self, index, logs=None):
         original(self, index, logs)
         if index == 0:
             with contextlib.suppress(KeyboardInterrupt):
-                cli._interrupt(signal.SIGINT, None)
+                stage_runner._interrupt(signal.SIGINT, None)
 
-    monkeypatch.setattr(training.EpochLogger, "on_epoch_end", signal_lands_in_a_destructor)
-    monkeypatch.setattr(cli, "_interrupted", False)
+    monkeypatch.setattr(trainer.EpochLogger, "on_epoch_end", signal_lands_in_a_destructor)
+    monkeypatch.setattr(stage_runner, "_interrupted", False)
     with pytest.raises(KeyboardInterrupt):
         run_train(setup)
     client, run = only_run(setup[3])
@@ -301,7 +302,7 @@ def test_refreshed_batchnorm_statistics_are_the_mean_over_the_batches():
     model = keras.Model(inputs, norm(inputs))
     batches = [np.array([[0.0, 1.0], [2.0, 3.0]], np.float32), np.array([[4.0, 5.0], [6.0, 9.0]], np.float32)]
     data = tf.data.Dataset.from_tensor_slices((np.stack(batches), np.zeros((2, 2), np.int32)))
-    training.refresh_batchnorm_statistics(model, data, count=2)
+    trainer.refresh_batchnorm_statistics(model, data, count=2)
     np.testing.assert_allclose(norm.moving_mean.numpy(), np.mean([b.mean(axis=0) for b in batches], axis=0))
     np.testing.assert_allclose(norm.moving_variance.numpy(), np.mean([b.var(axis=0) for b in batches], axis=0))
     assert norm.momentum == 0.99  # the layer's own momentum is put back

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from cifar_pipeline.views import VIEWS, with_test_views
+from cifar_pipeline.training.views import VIEWS, with_test_views
 
 
 def probe() -> keras.Model:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cifar_pipeline.errors import PipelineError
-from cifar_pipeline.outputs import atomic_dir, load_array, read_json, save_arrays, write_json
-from cifar_pipeline.params import Params
+from cifar_pipeline.core.errors import PipelineError
+from cifar_pipeline.core.files import atomic_dir, load_array, read_json, save_arrays, write_json
+from cifar_pipeline.core.params import Params
 
 
 class SplitError(PipelineError, ValueError):

@@ -35,7 +35,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 from mlflow.utils.credentials import read_mlflow_creds
 
-from cifar_pipeline.errors import PipelineError, first_line, redact
+from cifar_pipeline.core.errors import PipelineError, first_line, redact
 
 EXPERIMENT_NAME = "cifar"
 # MLflow 3's UI shows an experiment of this kind as model training (runs, charts), not GenAI traces.

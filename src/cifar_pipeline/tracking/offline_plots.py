@@ -4,7 +4,7 @@ DVC's default template loads Vega, Vega-Lite and Vega-Embed from a CDN, so offli
 HTML renders blank. This template carries all three inline (the bundle that the
 `vl-convert-python` package ships, about 0.9 MB), so the page DVC writes needs no network.
 
-    PYTHONPATH=src python -m cifar_pipeline.offline_plots      # once per clone
+    PYTHONPATH=src python -m cifar_pipeline.tracking.offline_plots      # once per clone
     dvc plots show                                              # now works offline
 """
 
@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cifar_pipeline.outputs import atomic_file
+from cifar_pipeline.core.files import atomic_file
 
 # Inside .dvc/tmp, which DVC keeps out of git; DVC resolves plots.html_template from .dvc/.
 TEMPLATE = Path(".dvc/tmp/plots-offline.html")

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cifar_pipeline.datasets import IMAGE_SHAPE, SPECS, DataFormatError, parse_records
-from cifar_pipeline.errors import PipelineError
+from cifar_pipeline.core.datasets import IMAGE_SHAPE, SPECS, DataFormatError, parse_records
+from cifar_pipeline.core.errors import PipelineError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # Above a 48-megapixel phone photo (8000x6000) with room to spare; what a decoded RGBA copy of

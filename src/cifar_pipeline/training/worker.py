@@ -1,4 +1,4 @@
-"""A non-chief worker of a multi-worker training: `PYTHONPATH=src python -m cifar_pipeline.worker <dataset>`.
+"""A non-chief worker of a multi-worker training: `PYTHONPATH=src python -m cifar_pipeline.training.worker <dataset>`.
 
 Run on every machine of the cluster but the chief's, in a clone of the repository with the
 same data (`dvc pull`) and that machine's TF_CONFIG, while the chief runs `dvc repro`. It
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cifar_pipeline.cli import run_stage
-from cifar_pipeline.training import train
+from cifar_pipeline.core.stage_runner import run_stage
+from cifar_pipeline.training.trainer import train
 
 # The train stage's inputs, as dvc.yaml names them.
 SPLIT = "data/split/{}"

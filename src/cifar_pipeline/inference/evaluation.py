@@ -9,12 +9,12 @@ import mlflow
 import numpy as np
 from mlflow.data.meta_dataset import MetaDataset
 
-from cifar_pipeline import tracking
-from cifar_pipeline.errors import PipelineError
-from cifar_pipeline.figures import confusion_matrix
-from cifar_pipeline.inference import LoadedModel, load_model
-from cifar_pipeline.layout import RUN_FILE
-from cifar_pipeline.outputs import atomic_file, load_array, read_json, write_csv, write_json
+from cifar_pipeline.core.errors import PipelineError
+from cifar_pipeline.core.files import atomic_file, load_array, read_json, write_csv, write_json
+from cifar_pipeline.core.layout import RUN_FILE
+from cifar_pipeline.inference.loading import LoadedModel, load_model
+from cifar_pipeline.tracking import mlflow_runs
+from cifar_pipeline.tracking.figures import confusion_matrix
 
 EPSILON = 1e-7  # Keras clips probabilities the same way before taking the log
 
@@ -81,7 +81,7 @@ def score(model: LoadedModel, split_dir: Path, what: str, fix: str = "run `dvc r
 
 def test_images(dataset: str, trained: dict[str, str], split_dir: Path) -> MetaDataset:
     """The split's test images as the MLflow dataset their metrics are linked to."""
-    return tracking.images_dataset(
+    return mlflow_runs.images_dataset(
         dataset,
         "test",
         trained["data.url"],
@@ -91,7 +91,7 @@ def test_images(dataset: str, trained: dict[str, str], split_dir: Path) -> MetaD
     )
 
 
-@tracking.server_errors()
+@mlflow_runs.server_errors()
 def evaluate_model(
     dataset: str, split_dir: Path, model_dir: Path, metrics_json: Path, confusion_csv: Path, per_class_csv: Path
 ) -> None:
@@ -109,15 +109,15 @@ def evaluate_model(
 
     trained_with = read_json(model_dir / RUN_FILE)
     run_id = trained_with["run_id"]
-    model_id = tracking.model_id_of(trained_with.get("model_uri"))
-    with tracking.reopen_run(run_id):
+    model_id = mlflow_runs.model_id_of(trained_with.get("model_uri"))
+    with mlflow_runs.reopen_run(run_id):
         run = mlflow.get_run(run_id)
         trained = run.data.params  # the archive the model was trained from
         data = None
         if "data.md5" in trained:  # runs logged before dataset-neutral keys have no record of it
             data = test_images(dataset, trained, split_dir)
             mlflow.log_input(data, context="test")
-        held = tracking.model_scores(model_id, data.digest) if model_id and data else run.data.metrics
+        held = mlflow_runs.model_scores(model_id, data.digest) if model_id and data else run.data.metrics
         # Once: a rerun after a kill must not append the same values to the metric history again.
         new = {k: v for k, v in result.metrics().items() if held.get(k) != v}
         if new:

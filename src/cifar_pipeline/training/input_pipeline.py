@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cifar_pipeline.params import AugmentParams
+from cifar_pipeline.core.params import AugmentParams
 
 
 def _options() -> tf.data.Options:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cifar_pipeline.errors import PipelineError
+from cifar_pipeline.core.errors import PipelineError
 
 IMAGE_SHAPE = (32, 32, 3)
 PIXELS_PER_IMAGE = 32 * 32 * 3

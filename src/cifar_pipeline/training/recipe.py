@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import keras
 
-from cifar_pipeline.params import ScheduleParams, TrainParams
+from cifar_pipeline.core.params import ScheduleParams, TrainParams
 
 
 def learning_rate_schedule(

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from cifar_pipeline.datasets import DataFormatError, DatasetSpec, parse_records
+from cifar_pipeline.core.datasets import DataFormatError, DatasetSpec, parse_records
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml import YAMLError as _YAMLError
 
-from cifar_pipeline.datasets import SPECS
-from cifar_pipeline.errors import PipelineError
-from cifar_pipeline.outputs import atomic_file
+from cifar_pipeline.core.datasets import SPECS
+from cifar_pipeline.core.errors import PipelineError
+from cifar_pipeline.core.files import atomic_file
 
 DEFAULT_PATH = Path("params.yaml")
 LR_SCHEDULES = ("step", "constant", "cosine", "triangular")

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from cifar_pipeline.errors import PipelineError
+from cifar_pipeline.core.errors import PipelineError
 
 # Written into every folder a stage makes: the only folders `atomic_dir` will ever replace.
 MARKER = ".cifar-pipeline-output"

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from cifar_pipeline.datasets import IMAGE_SHAPE
+from cifar_pipeline.core.datasets import IMAGE_SHAPE
 
 SIDE = IMAGE_SHAPE[0]
 # (mirrored, shift) per view; a shift of s moves the content s pixels down and right with

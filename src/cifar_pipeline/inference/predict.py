@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cifar_pipeline.errors import PipelineError, redact
-from cifar_pipeline.images import read_inputs
-from cifar_pipeline.inference import load_model
+from cifar_pipeline.core.errors import PipelineError, redact
+from cifar_pipeline.inference.loading import load_model
+from cifar_pipeline.inference.user_images import read_inputs
 
 TOP = 5
 

@@ -14,21 +14,21 @@ import mlflow
 import numpy as np
 import tensorflow as tf
 
-from cifar_pipeline import tracking
-from cifar_pipeline.checkpoint import CheckpointError, Checkpoints, TrainingState, fingerprint
-from cifar_pipeline.cli import interrupted
-from cifar_pipeline.distribution import Distribution, DistributionError, agree, peers_reported, resolve
-from cifar_pipeline.errors import PipelineError
-from cifar_pipeline.figures import training_curves
-from cifar_pipeline.hardware import has_gpu, precision_policy
-from cifar_pipeline.input_pipeline import evaluation_dataset, steps_per_epoch, training_dataset
-from cifar_pipeline.layout import CLASSES_FILE, MODEL_FILE, RUN_FILE
-from cifar_pipeline.model import build_classifier, exportable, set_whitening
-from cifar_pipeline.normalize import ChannelStats
-from cifar_pipeline.outputs import atomic_dir, load_array, read_json, write_csv, write_json
-from cifar_pipeline.params import Params, TrainParams, flatten
-from cifar_pipeline.recipe import compile_classifier, last_step_rate
-from cifar_pipeline.views import with_test_views
+from cifar_pipeline.core.errors import PipelineError
+from cifar_pipeline.core.files import atomic_dir, load_array, read_json, write_csv, write_json
+from cifar_pipeline.core.layout import CLASSES_FILE, MODEL_FILE, RUN_FILE
+from cifar_pipeline.core.params import Params, TrainParams, flatten
+from cifar_pipeline.core.stage_runner import interrupted
+from cifar_pipeline.data.channel_stats import ChannelStats
+from cifar_pipeline.tracking import mlflow_runs
+from cifar_pipeline.tracking.figures import training_curves
+from cifar_pipeline.training.checkpoint import CheckpointError, Checkpoints, TrainingState, fingerprint
+from cifar_pipeline.training.distribution import Distribution, DistributionError, agree, peers_reported, resolve
+from cifar_pipeline.training.hardware import has_gpu, precision_policy
+from cifar_pipeline.training.input_pipeline import evaluation_dataset, steps_per_epoch, training_dataset
+from cifar_pipeline.training.model import build_classifier, exportable, set_whitening
+from cifar_pipeline.training.recipe import compile_classifier, last_step_rate
+from cifar_pipeline.training.views import with_test_views
 
 # The DVC plots' columns: loss and accuracy apart, as their scales differ (loss up to ~5 on
 # CIFAR-100, accuracy 0-1); the learning rate and timings are in MLflow.
@@ -177,7 +177,7 @@ def fit_classifier(
     )
 
 
-@tracking.server_errors()
+@mlflow_runs.server_errors()
 def train(
     dataset: str,
     params: Params,
@@ -191,7 +191,7 @@ def train(
     """Train one model and return its MLflow run id (also written to `model_dir`).
 
     `worker`: this process is a non-chief worker of a multi-worker cluster
-    (`python -m cifar_pipeline.worker`): it trains in step with the chief and returns "".
+    (`python -m cifar_pipeline.training.worker`): it trains in step with the chief and returns "".
     """
     settings = params.train
     distribution = resolve(settings.distribute)  # first: logical CPUs must be set before TF's runtime starts
@@ -226,7 +226,7 @@ def train(
                 classifier = checkpoints.load_model(saved)
             except CheckpointError as err:
                 # Its run cannot continue: end it FAILED with the reason, and start a new one.
-                tracking.abandon_run(saved.run_id, f"{err}; retrained from scratch in a new run")
+                mlflow_runs.abandon_run(saved.run_id, f"{err}; retrained from scratch in a new run")
                 checkpoints.discard(str(err))
                 saved = None
         if classifier is None:
@@ -270,21 +270,24 @@ def train(
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
     }
-    with tracking.training_run(dataset, logged_params, resume_id=saved.run_id if saved else None) as (run_id, resumed):
+    with mlflow_runs.training_run(dataset, logged_params, resume_id=saved.run_id if saved else None) as (
+        run_id,
+        resumed,
+    ):
         if resumed:
             print(f"{dataset}: resuming MLflow run {run_id} after epoch {saved.epochs_done} of {settings.epochs}")
             state = saved
-            tracking.log_missing_epochs(run_id, state.rows)
+            mlflow_runs.log_missing_epochs(run_id, state.rows)
             mlflow.set_tag("resumed_after_epoch", str(state.epochs_done))
         else:
             state = checkpoints.start(run_id) if resumable else TrainingState(run_id=run_id)
             data = params.data[dataset]
             for part in ("train", "val"):
                 indices = load_array(split_dir, f"{part}_indices")
-                tracking.log_images_input(dataset, part, data.url, data.md5, data.label_mode, indices)
+                mlflow_runs.log_images_input(dataset, part, data.url, data.md5, data.label_mode, indices)
             if saved:  # the store lost the old run: log what the checkpoint remembers
                 state.rows, state.epochs_done, state.model_file = saved.rows, saved.epochs_done, saved.model_file
-                tracking.log_missing_epochs(run_id, state.rows)
+                mlflow_runs.log_missing_epochs(run_id, state.rows)
         fit(state.epochs_done, (EpochLogger(len(train_images), checkpoints if resumable else None, state),))
         model = export_model(classifier, settings, (train_images, train_labels), stats)
         mlflow.log_figure(training_curves(state.rows, f"{dataset}: training curves"), "plots/training_curves.png")
@@ -303,7 +306,7 @@ def train(
 
 
 def check_role(distribution: Distribution, worker: bool) -> None:
-    """The chief runs as the DVC stage, every other worker as `cifar_pipeline.worker`: refuse a mix-up."""
+    """The chief runs as the DVC stage, every other worker as `cifar_pipeline.training.worker`: refuse a mix-up."""
     if worker and distribution.mode != "multi_worker":
         raise DistributionError(
             "the worker command is for train.distribute: multi_worker; with this setting run `dvc repro` only"
@@ -316,7 +319,7 @@ def check_role(distribution: Distribution, worker: bool) -> None:
     if not worker and not distribution.chief:
         raise DistributionError(
             f"TF_CONFIG makes this process {distribution.task}, not the chief: start it with "
-            f"`PYTHONPATH=src python -m cifar_pipeline.worker <dataset>`; only the chief runs `dvc repro`"
+            f"`PYTHONPATH=src python -m cifar_pipeline.training.worker <dataset>`; only the chief runs `dvc repro`"
         )
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cifar_pipeline.outputs import atomic_file, load_array, read_json, write_json
+from cifar_pipeline.core.files import atomic_file, load_array, read_json, write_json
 
 CHUNK = 4096
 

@@ -24,11 +24,11 @@ from urllib.parse import unquote, urlparse, urlunparse
 
 from tqdm import tqdm
 
-from cifar_pipeline.archive import read_archive
-from cifar_pipeline.datasets import SPECS
-from cifar_pipeline.errors import PipelineError
-from cifar_pipeline.outputs import atomic_dir, save_arrays, write_json
-from cifar_pipeline.params import Params
+from cifar_pipeline.core.datasets import SPECS
+from cifar_pipeline.core.errors import PipelineError
+from cifar_pipeline.core.files import atomic_dir, save_arrays, write_json
+from cifar_pipeline.core.params import Params
+from cifar_pipeline.data.archive import read_archive
 
 CHUNK = 1 << 20
 DOWNLOAD_CACHE = Path("data/.downloads")  # git-ignored; keeps archives and partial downloads across runs

@@ -14,9 +14,9 @@ import keras
 import numpy as np
 from keras import layers
 
-from cifar_pipeline.datasets import IMAGE_SHAPE
-from cifar_pipeline.normalize import ChannelStats
-from cifar_pipeline.params import WHITENING_FILTERS, ModelParams
+from cifar_pipeline.core.datasets import IMAGE_SHAPE
+from cifar_pipeline.core.params import WHITENING_FILTERS, ModelParams
+from cifar_pipeline.data.channel_stats import ChannelStats
 
 WHITENING_LAYER = "whiten"
 WHITENING_EPSILON = 5e-4  # keeps the near-zero eigenvalues of smooth patches from blowing up

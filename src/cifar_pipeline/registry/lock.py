@@ -23,7 +23,7 @@ from mlflow.entities.model_registry import RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from cifar_pipeline.errors import PipelineError
+from cifar_pipeline.core.errors import PipelineError
 
 STALE_AFTER_S = 600.0  # a holder refreshes `heartbeat` after each model it scores (seconds to minutes)
 WAIT_S = 1800.0

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
-from cifar_pipeline import keras_workaround
-from cifar_pipeline.errors import PipelineError
+from cifar_pipeline.core.errors import PipelineError
+from cifar_pipeline.training import keras_workaround
 
 # Splits the CPU into N logical devices, so `mirrored` can be tried (and is tested) without GPUs.
 LOGICAL_CPUS_ENV = "CIFAR_LOGICAL_CPUS"
@@ -225,7 +225,7 @@ def multi_worker() -> Distribution:
     late = (
         f"error: {task} of the multi_worker cluster waited {seconds:g} s for its peers ({members}) and not all "
         f"came: start every worker of TF_CONFIG, with the same cluster list on each (the chief with `dvc repro`, "
-        f"the others with `python -m cifar_pipeline.worker`), check they can reach each other's ports, "
+        f"the others with `python -m cifar_pipeline.training.worker`), check they can reach each other's ports, "
         f"or set {CLUSTER_WAIT_ENV} to wait longer"
     )
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=COLLECTIVE_TIMEOUT_S)
@@ -271,5 +271,6 @@ def peers_reported(distribution: Distribution) -> Iterator[None]:
         detail = " ".join(str(err).split())[:300]
         raise DistributionError(
             f"{distribution.task} of the multi_worker cluster lost a peer ({type(err).__name__}: {detail}); "
-            f"restart every worker: the chief with `dvc repro`, the others with `python -m cifar_pipeline.worker`"
+            "restart every worker: the chief with `dvc repro`, the others with "
+            "`python -m cifar_pipeline.training.worker`"
         ) from None

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cifar_pipeline.errors import PipelineError, redact
-from cifar_pipeline.outputs import check_replaceable, on_commit
-from cifar_pipeline.params import DEFAULT_PATH, Params, flatten, load_params, read_yaml
+from cifar_pipeline.core.errors import PipelineError, redact
+from cifar_pipeline.core.files import check_replaceable, on_commit
+from cifar_pipeline.core.params import DEFAULT_PATH, Params, flatten, load_params, read_yaml
 
 DVC_YAML = Path("dvc.yaml")
 

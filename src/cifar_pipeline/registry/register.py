@@ -23,14 +23,14 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from cifar_pipeline import tracking
-from cifar_pipeline.champion import Decision, Standing, decide
-from cifar_pipeline.errors import PipelineError, first_line, redact
-from cifar_pipeline.evaluation import score, test_images
-from cifar_pipeline.inference import ModelLoadError, load_model
-from cifar_pipeline.layout import RUN_FILE
-from cifar_pipeline.outputs import atomic_file, load_array, read_json, write_json
-from cifar_pipeline.registry_lock import registration_lock
+from cifar_pipeline.core.errors import PipelineError, first_line, redact
+from cifar_pipeline.core.files import atomic_file, load_array, read_json, write_json
+from cifar_pipeline.core.layout import RUN_FILE
+from cifar_pipeline.inference.evaluation import score, test_images
+from cifar_pipeline.inference.loading import ModelLoadError, load_model
+from cifar_pipeline.registry.champion import Decision, Standing, decide
+from cifar_pipeline.registry.lock import registration_lock
+from cifar_pipeline.tracking import mlflow_runs
 
 NEWEST = "newest"  # MLflow reserves "latest" (models:/<name>/latest already means the newest version)
 CHAMPION = "champion"
@@ -73,7 +73,7 @@ def confirmed_metrics(dataset: str, run_id: str, model_id: str | None, digest: s
             f"run {run_id} logged its model before models were MLflow 3 logged models, so the store holds no "
             f"test metrics of it; retrain with `dvc repro --force train@{dataset}`"
         )
-    held = tracking.model_scores(model_id, digest)
+    held = mlflow_runs.model_scores(model_id, digest)
     if any(key not in held for key in TEST_METRICS):
         raise RegistryError(
             f"MLflow holds no test metrics of model {model_id} (run {run_id}) on these test images ({digest}); {redo}"
@@ -97,7 +97,7 @@ def confirmed_metrics(dataset: str, run_id: str, model_id: str | None, digest: s
     return {key: held[key] for key in TEST_METRICS}
 
 
-@tracking.server_errors()
+@mlflow_runs.server_errors()
 def register_model(
     dataset: str, split_dir: Path, model_dir: Path, metrics_json: Path, out_json: Path, min_improvement: float
 ) -> None:
@@ -105,12 +105,12 @@ def register_model(
     trained = read_json(model_dir / RUN_FILE)
     run_id = trained["run_id"]
     model_uri = trained.get("model_uri") or f"runs:/{run_id}/model"
-    uri = tracking.use_store()
+    uri = mlflow_runs.use_store()
     client = MlflowClient()
-    run = tracking.training_run_of(run_id, dataset)
+    run = mlflow_runs.training_run_of(run_id, dataset)
     params = run.data.params
     images = test_images(dataset, params, split_dir)
-    model_id = tracking.model_id_of(model_uri)
+    model_id = mlflow_runs.model_id_of(model_uri)
     metrics = confirmed_metrics(dataset, run_id, model_id, images.digest, metrics_json)
     candidate = Candidate(
         dataset=dataset,
@@ -150,9 +150,9 @@ def register_model(
         if created and version is not None:  # no half-registered version: it goes, and the rerun registers it whole
             with contextlib.suppress(MlflowException):
                 client.delete_model_version(candidate.name, version.version)
-        if tracking.is_server(uri) and tracking.status_of(err) in (401, 403):
+        if mlflow_runs.is_server(uri) and mlflow_runs.status_of(err) in (401, 403):
             needs = f"EDIT permission on registered model {candidate.name!r}"
-            raise RegistryError(tracking.server_problem(err, uri, needs)) from None
+            raise RegistryError(mlflow_runs.server_problem(err, uri, needs)) from None
         raise RegistryError(f"the model registry at {uri} refused: {first_line(err)}; run `dvc repro` again") from None
 
 
@@ -251,9 +251,9 @@ def _standing(client: MlflowClient, candidate: Candidate, version: ModelVersion,
     its numbers cannot be confirmed, so it cannot hold `champion`.
     """
     name, number = candidate.name, str(version.version)
-    model_id = version.model_id or tracking.model_id_of(version.source)
+    model_id = version.model_id or mlflow_runs.model_id_of(version.source)
     if model_id:
-        held = tracking.model_scores(model_id, candidate.images.digest)
+        held = mlflow_runs.model_scores(model_id, candidate.images.digest)
         if "test_accuracy" in held:
             return Standing(number, held["test_accuracy"])
     try:
@@ -262,7 +262,7 @@ def _standing(client: MlflowClient, candidate: Candidate, version: ModelVersion,
         print(f"{candidate.dataset}: v{number} is left out of the comparison: {redact(str(err))}")
         return None
     with mlflow.start_run(
-        experiment_id=tracking.configure(),
+        experiment_id=mlflow_runs.configure(),
         run_name=f"{name}-v{number}-on-{candidate.images.digest[:8]}",
         tags={
             "dataset": candidate.dataset,

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import keras
 
-from cifar_pipeline.errors import PipelineError
-from cifar_pipeline.outputs import atomic_file, naming_errors, read_json, write_json
-from cifar_pipeline.params import Params, flatten
+from cifar_pipeline.core.errors import PipelineError
+from cifar_pipeline.core.files import atomic_file, naming_errors, read_json, write_json
+from cifar_pipeline.core.params import Params, flatten
 
 CHECKPOINT_ROOT = Path("data/.checkpoints")
 STATE_FILE = "state.json"
