@@ -57,3 +57,11 @@ def test_every_stage_lists_exactly_the_src_modules_it_imports():
         listed = {dep for dep in body["deps"] if isinstance(dep, str) and dep.startswith("src/")}
         assert script in body["deps"], name
         assert listed == import_closure(ROOT / script), name
+
+
+def test_the_worker_command_reads_the_train_stages_inputs():
+    """A non-chief worker trains on what the chief's train stage reads: the same split and statistics."""
+    from cifar_pipeline.training.worker import SPLIT, STATS
+
+    command = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["do"]["cmd"].split()
+    assert command[3:6] == ["${item}", SPLIT.format("${item}"), STATS.format("${item}")], command
