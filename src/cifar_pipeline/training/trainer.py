@@ -7,6 +7,7 @@ import hashlib
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -177,25 +178,42 @@ def fit_classifier(
     )
 
 
-@mlflow_runs.server_errors()
-def train(
-    dataset: str,
-    params: Params,
-    split_dir: Path,
-    stats_json: Path,
-    model_dir: Path,
-    loss_csv: Path,
-    accuracy_csv: Path,
-    worker: bool = False,
-) -> str:
-    """Train one model and return its MLflow run id (also written to `model_dir`).
+@dataclass(frozen=True)
+class TrainingSetup:
+    """What a worker holds once prepared: the same on the chief and on every other worker, so
+    they fit in step."""
 
-    `worker`: this process is a non-chief worker of a multi-worker cluster
-    (`python -m cifar_pipeline.training.worker`): it trains in step with the chief and returns "".
+    dataset: str
+    params: Params
+    split_dir: Path
+    distribution: Distribution
+    classes: dict  # the split's classes.json: names and label mode
+    stats: ChannelStats
+    train: tuple[np.ndarray, np.ndarray]
+    validation: tuple[np.ndarray, np.ndarray]
+    policy: str
+    checkpoints: Checkpoints
+    saved: TrainingState | None  # the checkpoint this run resumes from
+    classifier: keras.Model
+
+    @property
+    def settings(self) -> TrainParams:
+        return self.params.train
+
+    @property
+    def resumable(self) -> bool:
+        # Multi-worker runs do not resume: the other workers have no copy of the chief's checkpoint.
+        return self.distribution.mode != "multi_worker"
+
+
+def prepare(dataset: str, params: Params, split_dir: Path, stats_json: Path, *, chief: bool) -> TrainingSetup:
+    """The strategy, seeds, data, precision and the classifier (new or from its checkpoint).
+
+    `chief`: what the caller is (the train stage, or the worker command); TF_CONFIG must agree.
     """
     settings = params.train
     distribution = resolve(settings.distribute)  # first: logical CPUs must be set before TF's runtime starts
-    check_role(distribution, worker)
+    check_role(distribution, chief)
     if settings.batch_size < distribution.replicas:
         raise DistributionError(
             f"train.batch_size {settings.batch_size} is smaller than the {distribution.replicas} replicas of "
@@ -203,22 +221,16 @@ def train(
             f"{distribution.replicas}, or use fewer devices"
         )
     keras.utils.set_random_seed(settings.seed)
-    split_classes = read_json(split_dir / "classes.json")
-    classes = split_classes["names"]
+    classes = read_json(split_dir / "classes.json")
     stats = ChannelStats.read(stats_json)
-    train_images = load_array(split_dir, "train_images")
-    train_labels = load_array(split_dir, "train_labels")
-    val_images = load_array(split_dir, "val_images")
-    val_labels = load_array(split_dir, "val_labels")
-
+    train = load_array(split_dir, "train_images"), load_array(split_dir, "train_labels")
+    validation = load_array(split_dir, "val_images"), load_array(split_dir, "val_labels")
     policy = precision_policy(settings.mixed_precision)
     keras.mixed_precision.set_global_policy(policy)
     run_fingerprint = fingerprint(dataset, params, split_dir, stats_json)
     agree(distribution, run_fingerprint)
     checkpoints = Checkpoints(dataset, run_fingerprint)
-    # Multi-worker runs do not resume: the other workers have no copy of the chief's checkpoint.
-    resumable = distribution.mode != "multi_worker"
-    saved = checkpoints.load() if resumable else None
+    saved = checkpoints.load() if distribution.mode != "multi_worker" else None
     classifier = None
     with distribution.scope():  # the model's (and a checkpoint's) variables belong to the strategy
         if saved:
@@ -230,39 +242,58 @@ def train(
                 checkpoints.discard(str(err))
                 saved = None
         if classifier is None:
-            classifier = new_classifier(settings, len(classes), stats, train_images)
+            classifier = new_classifier(settings, len(classes["names"]), stats, train[0])
     distribution.prepare(classifier)
+    return TrainingSetup(
+        dataset,
+        params,
+        split_dir,
+        distribution,
+        classes,
+        stats,
+        train,
+        validation,
+        policy,
+        checkpoints,
+        saved,
+        classifier,
+    )
 
-    def fit(initial_epoch: int = 0, callbacks: tuple[keras.callbacks.Callback, ...] = ()) -> None:
-        """`fit_classifier` under the strategy; a multi-worker worker then prints its weights' digest."""
-        with peers_reported(distribution):
-            fit_classifier(
-                classifier,
-                settings,
-                (train_images, train_labels),
-                (val_images, val_labels),
-                stats,
-                initial_epoch=initial_epoch,
-                callbacks=[*distribution.callbacks(), *callbacks],
-            )
-        if distribution.mode == "multi_worker":
-            role = f"{distribution.task}{' (chief)' if distribution.chief else ''}"
-            print(f"{dataset}: {role} trained {settings.epochs} epochs; weights {weights_digest(classifier)}")
 
-    if not distribution.chief:  # another worker: trains in step with the chief, logs and writes nothing
-        fit()
-        return ""
-    logged_params = {
-        "dataset": dataset,
-        # The same keys for every dataset, so CIFAR-10 and CIFAR-100 runs line up in MLflow's Compare view.
-        **flatten(params.data[dataset], "data."),
+def fit(setup: TrainingSetup, initial_epoch: int = 0, callbacks: tuple[keras.callbacks.Callback, ...] = ()) -> None:
+    """`fit_classifier` under the strategy; on a multi-worker cluster each worker then prints its
+    weights' digest (equal on all of them)."""
+    distribution = setup.distribution
+    with peers_reported(distribution):
+        fit_classifier(
+            setup.classifier,
+            setup.settings,
+            setup.train,
+            setup.validation,
+            setup.stats,
+            initial_epoch=initial_epoch,
+            callbacks=[*distribution.callbacks(), *callbacks],
+        )
+    if distribution.mode == "multi_worker":
+        role = f"{distribution.task}{' (chief)' if distribution.chief else ''}"
+        digest = weights_digest(setup.classifier)
+        print(f"{setup.dataset}: {role} trained {setup.settings.epochs} epochs; weights {digest}")
+
+
+def run_params(setup: TrainingSetup) -> dict:
+    """The MLflow params of a training run: the same keys for every dataset, so CIFAR-10 and
+    CIFAR-100 runs line up in MLflow's Compare view."""
+    params, classifier, distribution = setup.params, setup.classifier, setup.distribution
+    return {
+        "dataset": setup.dataset,
+        **flatten(params.data[setup.dataset], "data."),
         **flatten(params.split, "split."),
-        **flatten(settings, "train."),
-        "num_classes": len(classes),
-        "train_images": len(train_images),
-        "val_images": len(val_images),
+        **flatten(params.train, "train."),
+        "num_classes": len(setup.classes["names"]),
+        "train_images": len(setup.train[0]),
+        "val_images": len(setup.validation[0]),
         "model_parameters": classifier.count_params(),
-        "resolved.dtype_policy": policy,
+        "resolved.dtype_policy": setup.policy,
         "resolved.jit_compile": bool(classifier.jit_compile),
         "resolved.device": "gpu" if has_gpu() else "cpu",
         "resolved.distribute": distribution.mode,
@@ -270,43 +301,78 @@ def train(
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
     }
-    with mlflow_runs.training_run(dataset, logged_params, resume_id=saved.run_id if saved else None) as (
+
+
+@contextlib.contextmanager
+def tracked_run(setup: TrainingSetup) -> Iterator[tuple[str, TrainingState]]:
+    """The chief's MLflow run, new or resumed from the checkpoint, with what it already holds:
+    the run id and the training state the epochs are added to."""
+    saved, dataset = setup.saved, setup.dataset
+    with mlflow_runs.training_run(dataset, run_params(setup), resume_id=saved.run_id if saved else None) as (
         run_id,
         resumed,
     ):
         if resumed:
-            print(f"{dataset}: resuming MLflow run {run_id} after epoch {saved.epochs_done} of {settings.epochs}")
+            print(f"{dataset}: resuming MLflow run {run_id} after epoch {saved.epochs_done} of {setup.settings.epochs}")
             state = saved
             mlflow_runs.log_missing_epochs(run_id, state.rows)
             mlflow.set_tag("resumed_after_epoch", str(state.epochs_done))
         else:
-            state = checkpoints.start(run_id) if resumable else TrainingState(run_id=run_id)
-            data = params.data[dataset]
+            state = setup.checkpoints.start(run_id) if setup.resumable else TrainingState(run_id=run_id)
+            data = setup.params.data[dataset]
             for part in ("train", "val"):
-                indices = load_array(split_dir, f"{part}_indices")
+                indices = load_array(setup.split_dir, f"{part}_indices")
                 mlflow_runs.log_images_input(dataset, part, data.url, data.md5, data.label_mode, indices)
             if saved:  # the store lost the old run: log what the checkpoint remembers
                 state.rows, state.epochs_done, state.model_file = saved.rows, saved.epochs_done, saved.model_file
                 mlflow_runs.log_missing_epochs(run_id, state.rows)
-        fit(state.epochs_done, (EpochLogger(len(train_images), checkpoints if resumable else None, state),))
-        model = export_model(classifier, settings, (train_images, train_labels), stats)
-        mlflow.log_figure(training_curves(state.rows, f"{dataset}: training curves"), "plots/training_curves.png")
-        about = {"names": classes, "dataset": dataset, "label_mode": split_classes["label_mode"]}
-        model_uri = log_model(model, sample=val_images[:8], about=about)
-    # Outputs only once the run has ended FINISHED: a store that fails before then leaves none.
+        yield run_id, state
+
+
+def write_outputs(
+    model: keras.Model, run: dict, about: dict, rows: list[dict], model_dir: Path, loss_csv: Path, accuracy_csv: Path
+) -> None:
+    """The stage's DVC outputs; called once the run has ended FINISHED, so a store that fails
+    before then leaves none."""
     with atomic_dir(model_dir) as tmp:
         model.save(tmp / MODEL_FILE)
-        write_json(tmp / RUN_FILE, {"run_id": run_id, "model_uri": model_uri})
+        write_json(tmp / RUN_FILE, run)
         write_json(tmp / CLASSES_FILE, about)  # the class names travel with the model
     for path, keys in ((loss_csv, LOSS_KEYS), (accuracy_csv, ACCURACY_KEYS)):
         columns = ("epoch", *keys)
-        write_csv(path, list(columns), ([row[key] for key in columns] for row in state.rows))
-    checkpoints.clear()
+        write_csv(path, list(columns), ([row[key] for key in columns] for row in rows))
+
+
+@mlflow_runs.server_errors()
+def train(
+    dataset: str, params: Params, split_dir: Path, stats_json: Path, model_dir: Path, loss_csv: Path, accuracy_csv: Path
+) -> str:
+    """The train stage (the chief of a multi-worker cluster): prepare, fit inside a tracked run,
+    log the exported model, write the outputs; returns the MLflow run id."""
+    setup = prepare(dataset, params, split_dir, stats_json, chief=True)
+    with tracked_run(setup) as (run_id, state):
+        logger = EpochLogger(len(setup.train[0]), setup.checkpoints if setup.resumable else None, state)
+        fit(setup, state.epochs_done, (logger,))
+        model = export_model(setup.classifier, setup.settings, setup.train, setup.stats)
+        mlflow.log_figure(training_curves(state.rows, f"{dataset}: training curves"), "plots/training_curves.png")
+        about = {"names": setup.classes["names"], "dataset": dataset, "label_mode": setup.classes["label_mode"]}
+        model_uri = log_model(model, sample=setup.validation[0][:8], about=about)
+    write_outputs(
+        model, {"run_id": run_id, "model_uri": model_uri}, about, state.rows, model_dir, loss_csv, accuracy_csv
+    )
+    setup.checkpoints.clear()
     return run_id
 
 
-def check_role(distribution: Distribution, worker: bool) -> None:
+def train_as_worker(dataset: str, params: Params, split_dir: Path, stats_json: Path) -> None:
+    """A non-chief worker of a multi-worker cluster: the chief's prepare and fit, in step with it;
+    it logs and writes nothing."""
+    fit(prepare(dataset, params, split_dir, stats_json, chief=False))
+
+
+def check_role(distribution: Distribution, chief: bool) -> None:
     """The chief runs as the DVC stage, every other worker as `cifar_pipeline.training.worker`: refuse a mix-up."""
+    worker = not chief
     if worker and distribution.mode != "multi_worker":
         raise DistributionError(
             "the worker command is for train.distribute: multi_worker; with this setting run `dvc repro` only"
@@ -316,7 +382,7 @@ def check_role(distribution: Distribution, worker: bool) -> None:
             f"TF_CONFIG makes this process the chief ({distribution.task}); start the chief with `dvc repro`, "
             f"and this command only on the other workers"
         )
-    if not worker and not distribution.chief:
+    if chief and not distribution.chief:
         raise DistributionError(
             f"TF_CONFIG makes this process {distribution.task}, not the chief: start it with "
             f"`PYTHONPATH=src python -m cifar_pipeline.training.worker <dataset>`; only the chief runs `dvc repro`"

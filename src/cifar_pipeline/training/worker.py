@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from cifar_pipeline.core.stage_runner import run_stage
-from cifar_pipeline.training.trainer import train
+from cifar_pipeline.training.trainer import train_as_worker
 
-# The train stage's inputs, as dvc.yaml names them.
+# The train stage's inputs, as dvc.yaml's train command names them (tests/test_dvc_yaml.py holds them equal).
 SPLIT = "data/split/{}"
 STATS = "data/stats/{}.json"
 
@@ -24,9 +24,7 @@ def arguments(parser) -> None:
 
 def body(args, params) -> None:
     params.dataset(args.dataset)  # one clear error for a dataset not in params.yaml
-    split, stats = Path(SPLIT.format(args.dataset)), Path(STATS.format(args.dataset))
-    nowhere = Path("/nonexistent")  # a worker writes no output
-    train(args.dataset, params, split, stats, nowhere, nowhere, nowhere, worker=True)
+    train_as_worker(args.dataset, params, Path(SPLIT.format(args.dataset)), Path(STATS.format(args.dataset)))
 
 
 def main() -> None:
