@@ -4,13 +4,19 @@ Every stage calls `load_params` before doing any work, so a typo or an out-of-ra
 value stops the pipeline with one message naming the key and what is allowed, instead
 of surfacing as a shape error an hour into training. Every key must be present:
 `params.yaml` is the single source of truth, and DVC tracks exactly those keys.
+
+Each field declares how it is read (`read=` in its metadata: a type with its range or
+choices); a nested dataclass is a section; rules between fields are named functions in
+`RULES`, run once the section's fields are read.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, fields
+import typing
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,81 +25,178 @@ from ruamel.yaml import YAMLError as _YAMLError
 
 from cifar_pipeline.core.datasets import SPECS
 from cifar_pipeline.core.errors import PipelineError
-from cifar_pipeline.core.files import atomic_file
 
 DEFAULT_PATH = Path("params.yaml")
-LR_SCHEDULES = ("step", "constant", "cosine", "triangular")
-MODEL_KINDS = ("seed", "airbench")
-FILLS = ("mean", "reflect")
-TEST_VIEWS = ("none", "flip", "flip_translate")
-OPTIMIZERS = ("adam", "adamw", "sgd")
-DISTRIBUTE = ("auto", "none", "mirrored", "multi_worker")
 MAX_SEED = 2**32 - 1  # NumPy's legacy seeding, which Keras uses, takes 32 bits
-MAX_MODEL_WEIGHTS = 100_000_000  # the seed's network has 2.2 M; 100 M need ~1.6 GB with Adam's state
+MAX_MODEL_WEIGHTS = 100_000_000  # a 100 M-weight model needs ~1.6 GB with Adam's state
 
 
 class ParamsError(PipelineError, ValueError):
     """params.yaml is unreadable or holds a key or value the pipeline cannot use."""
 
 
+def _fail(where: str, problem: str) -> typing.NoReturn:
+    raise ParamsError(f"params.yaml: {where} {problem}")
+
+
+def _did_you_mean(key: Any, allowed: Any, prefix: str = "") -> str:
+    close = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1, cutoff=0.6)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+
+
+# --- readers: what a field's value may be -------------------------------------------------
+
+Reader = Callable[[Any, str], Any]  # (value, dotted key) -> the parsed value, or ParamsError
+
+
+def integer(minimum: int | None = None, maximum: int | None = None) -> Reader:
+    def read(value: Any, where: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(where, f"must be an integer, got {value!r}")
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            bounds = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+            _fail(where, f"must be an integer {bounds}, got {value}")
+        return value
+
+    return read
+
+
+def number(allowed: Callable[[float], bool] = lambda x: True, text: str = "") -> Reader:
+    """A float; `allowed` its range, `text` that range in words ("> 0")."""
+
+    def read(value: Any, where: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            _fail(where, f"must be a number, got {value!r}")
+        if not allowed(float(value)):
+            _fail(where, f"must be {text}, got {float(value)}")
+        return float(value)
+
+    return read
+
+
+# Weight decay, momentum, label smoothing, warm-up share: a number in [0, 1).
+fraction = number(lambda x: 0.0 <= x < 1.0, "at least 0 and below 1")
+
+
+def choice(*allowed: str) -> Reader:
+    def read(value: Any, where: str) -> str:
+        if value not in allowed:
+            _fail(where, f"must be one of {list(allowed)}, got {value!r}{_did_you_mean(value, allowed)}")
+        return value
+
+    return read
+
+
+def boolean(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        _fail(where, f"must be true or false, got {value!r}")
+    return value
+
+
+def auto_or_bool(value: Any, where: str) -> str | bool:
+    if value == "auto" or isinstance(value, bool):
+        return value
+    _fail(where, f"must be auto, true or false, got {value!r}")
+
+
+def text(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        _fail(where, f"must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def md5(value: Any, where: str) -> str:
+    digest = text(value, where).lower()
+    if not re.fullmatch(r"[0-9a-f]{32}", digest):
+        _fail(where, f"must be 32 hexadecimal digits, got {value!r}")
+    return digest
+
+
+def optional(read: Reader) -> Reader:
+    return lambda value, where: None if value is None else read(value, where)
+
+
+def list_of(read: Reader, kind: str, allow_empty: bool = False) -> Reader:
+    """A tuple of values each read by `read`, named `where[i]` in errors."""
+
+    def read_list(value: Any, where: str) -> tuple:
+        if not isinstance(value, list) or (not value and not allow_empty):
+            _fail(where, f"must be a {'' if allow_empty else 'non-empty '}list of {kind}, got {value!r}")
+        return tuple(read(item, f"{where}[{i}]") for i, item in enumerate(value))
+
+    return read_list
+
+
+def declared(read: Reader, default: Any = MISSING) -> Any:
+    """A dataclass field read by `read`; `default` only for code that builds the dataclass itself
+    (params.yaml must still hold the key)."""
+    return field(default=default, metadata={"read": read})
+
+
+# --- the declarations -------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class DataParams:
-    url: str
-    md5: str
-    label_mode: str
+    url: str = declared(text)
+    md5: str = declared(md5)
+    # Every dataset has label_mode (CIFAR-10's only one is "label"), so the split stage can
+    # depend on `data.<d>.label_mode` alone; its choices are the dataset's (see `_data`).
+    label_mode: str = declared(text)
 
 
 @dataclass(frozen=True)
 class SplitParams:
-    val_fraction: float
-    seed: int
-    max_train_images: int | None
-    max_test_images: int | None
+    val_fraction: float = declared(number(lambda x: 0.0 < x < 1.0, "between 0 and 1 (exclusive)"))
+    seed: int = declared(integer(minimum=0))
+    max_train_images: int | None = declared(optional(integer(minimum=2)))
+    max_test_images: int | None = declared(optional(integer(minimum=1)))
 
 
 @dataclass(frozen=True)
 class ModelParams:
-    filters: tuple[int, ...]
-    dropouts: tuple[float, ...]
-    dense_units: int
-    activation: str
+    filters: tuple[int, ...] = declared(list_of(integer(minimum=1), "integers"))
+    dropouts: tuple[float, ...] = declared(list_of(number(), "numbers"))
+    dense_units: int = declared(integer(minimum=1))
+    activation: str = declared(choice("relu", "elu", "gelu", "swish"))
     # The defaults are the seed network's, so code that names only the fields above builds it.
-    kind: str = "seed"
-    widths: tuple[int, ...] = (64, 256, 256)
-    bn_momentum: float = 0.99
-    bn_scale: bool = True
-    test_views: str = "none"
+    kind: str = declared(choice("seed", "airbench"), "seed")
+    widths: tuple[int, ...] = declared(list_of(integer(minimum=1), "integers"), (64, 256, 256))
+    bn_momentum: float = declared(fraction, 0.99)
+    bn_scale: bool = declared(boolean, True)
+    test_views: str = declared(choice("none", "flip", "flip_translate"), "none")
 
 
 @dataclass(frozen=True)
 class ScheduleParams:
-    kind: str
-    boundaries: tuple[int, ...]
-    factor: float
-    warmup_fraction: float
+    kind: str = declared(choice("step", "constant", "cosine", "triangular"))
+    boundaries: tuple[int, ...] = declared(list_of(integer(minimum=1), "integers", allow_empty=True))
+    factor: float = declared(number(lambda x: 0.0 < x <= 1.0, "in (0, 1]"))
+    warmup_fraction: float = declared(fraction)
 
 
 @dataclass(frozen=True)
 class AugmentParams:
-    flip: bool
-    shift: int
-    fill: str = "mean"
+    flip: bool = declared(boolean)
+    shift: int = declared(integer(minimum=0, maximum=16))
+    fill: str = declared(choice("mean", "reflect"), "mean")
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    seed: int
-    epochs: int
-    batch_size: int
-    optimizer: str
-    learning_rate: float
-    weight_decay: float
-    momentum: float
-    label_smoothing: float
-    ema_momentum: float | None
-    jit_compile: str | bool
-    mixed_precision: str | bool
-    distribute: str
+    seed: int = declared(integer(minimum=0, maximum=MAX_SEED))
+    epochs: int = declared(integer(minimum=1))
+    batch_size: int = declared(integer(minimum=1))
+    optimizer: str = declared(choice("adam", "adamw", "sgd"))
+    learning_rate: float = declared(number(lambda x: x > 0, "> 0"))
+    weight_decay: float = declared(fraction)
+    momentum: float = declared(fraction)
+    label_smoothing: float = declared(fraction)
+    # null: train without weight averaging; else the averaging momentum, e.g. 0.99 (~100 steps).
+    ema_momentum: float | None = declared(optional(fraction))
+    jit_compile: str | bool = declared(auto_or_bool)
+    mixed_precision: str | bool = declared(auto_or_bool)
+    distribute: str = declared(choice("auto", "none", "mirrored", "multi_worker"))
     lr_schedule: ScheduleParams
     augment: AugmentParams
     model: ModelParams
@@ -101,7 +204,11 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class RegisterParams:
-    min_improvement: float  # a new version takes champion only by at least this much test accuracy
+    # A new version takes champion only by at least this much test accuracy; MLflow's
+    # validation needs a positive margin, so 0.00001 is "any improvement".
+    min_improvement: float = declared(
+        number(lambda x: 0.0 < x < 1.0, "above 0 and below 1 (a share of the test images, e.g. 0.005)")
+    )
 
 
 @dataclass(frozen=True)
@@ -119,6 +226,142 @@ class Params:
                 f"add it there (dvc.yaml generates one set of stages per listed dataset)"
             )
         return self.data[name]
+
+
+# --- rules between fields -----------------------------------------------------------------
+
+
+def adam_has_no_weight_decay(train: TrainParams) -> None:
+    if train.weight_decay and train.optimizer == "adam":
+        _fail(
+            f"train.weight_decay is {train.weight_decay}, but",
+            "adam has no decoupled weight decay; set train.optimizer to adamw (or sgd), or train.weight_decay to 0",
+        )
+
+
+def weight_averaging_averages(train: TrainParams) -> None:
+    if train.ema_momentum == 0.0:
+        _fail(
+            "train.ema_momentum is 0,",
+            "which averages nothing; set null to train without weight averaging, or a momentum such as 0.99",
+        )
+
+
+def boundaries_increase(schedule: ScheduleParams) -> None:
+    if list(schedule.boundaries) != sorted(set(schedule.boundaries)):
+        _fail("train.lr_schedule.boundaries", f"must be strictly increasing, got {list(schedule.boundaries)}")
+
+
+def only_some_schedules_warm_up(schedule: ScheduleParams) -> None:
+    if schedule.warmup_fraction and schedule.kind not in ("cosine", "triangular"):
+        _fail(
+            f"train.lr_schedule.warmup_fraction is {schedule.warmup_fraction}, but",
+            "only the cosine and triangular schedules warm up; set train.lr_schedule.kind to one of them, "
+            "or warmup_fraction to 0",
+        )
+
+
+def three_airbench_groups(model: ModelParams) -> None:
+    if len(model.widths) != 3:
+        _fail("train.model.widths", f"must list the airbench network's 3 group widths, got {list(model.widths)}")
+
+
+def blocks_fit_the_image(model: ModelParams) -> None:
+    if len(model.filters) > 5:
+        _fail(
+            f"train.model.filters has {len(model.filters)} blocks;",
+            "at most 5 fit a 32x32 image (each block halves it)",
+        )
+
+
+def one_dropout_per_block(model: ModelParams) -> None:
+    if len(model.dropouts) != len(model.filters):
+        _fail(
+            "train.model.dropouts",
+            f"must be a list with one rate per block ({len(model.filters)}), got {list(model.dropouts)!r}",
+        )
+    if any(not 0.0 <= rate < 1.0 for rate in model.dropouts):
+        _fail("train.model.dropouts", f"must each be in [0, 1), got {list(model.dropouts)}")
+
+
+RULES: dict[type, tuple[Callable[[Any], None], ...]] = {
+    TrainParams: (adam_has_no_weight_decay, weight_averaging_averages),
+    ScheduleParams: (boundaries_increase, only_some_schedules_warm_up),
+    ModelParams: (three_airbench_groups, blocks_fit_the_image, one_dropout_per_block),
+}
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def _mapping(value: Any, where: str, allowed: set[str], required: set[str] | None = None) -> dict[str, Any]:
+    label = where or "the top level"
+    if not isinstance(value, dict):
+        raise ParamsError(f"params.yaml: {label} must be a mapping of keys {sorted(allowed)}, got {value!r}")
+    prefix = f"{where}." if where else ""
+    for key in value:
+        if key not in allowed:
+            raise ParamsError(
+                f"params.yaml: unknown key '{prefix}{key}'{_did_you_mean(key, allowed, prefix)}; "
+                f"allowed keys in {label}: {sorted(allowed)}"
+            )
+    for key in sorted(allowed if required is None else required):
+        if key not in value:
+            raise ParamsError(f"params.yaml: missing key '{prefix}{key}'; add it (see the README's params table)")
+    return value
+
+
+def read_section(cls: type, value: Any, where: str, readers: dict[str, Reader] | None = None) -> Any:
+    """`cls` from the mapping `value`, each field by its declared reader (or `readers`' for this
+    use), each nested dataclass as a section, then `cls`'s rules."""
+    section = _mapping(value, where, {f.name for f in fields(cls)})
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in fields(cls):
+        key = f"{where}.{f.name}"
+        if is_dataclass(hints[f.name]):
+            values[f.name] = read_section(hints[f.name], section[f.name], key)
+        else:
+            values[f.name] = (readers or {}).get(f.name, f.metadata["read"])(section[f.name], key)
+    result = cls(**values)
+    for rule in RULES.get(cls, ()):
+        rule(result)
+    return result
+
+
+def _dataset_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ParamsError(
+            f"params.yaml: 'datasets' must be a non-empty list of dataset names from {sorted(SPECS)}, got {value!r}"
+        )
+    for name in value:
+        if name not in SPECS:
+            raise ParamsError(
+                f"params.yaml: 'datasets' names unknown dataset {name!r}{_did_you_mean(name, SPECS)}; "
+                f"allowed: {sorted(SPECS)}"
+            )
+    if len(set(value)) != len(value):
+        raise ParamsError(f"params.yaml: 'datasets' lists a dataset twice: {value}")
+    return tuple(value)
+
+
+def _data(value: Any, name: str) -> DataParams:
+    return read_section(DataParams, value, f"data.{name}", {"label_mode": choice(*SPECS[name].label_fields)})
+
+
+def parse_params(raw: Any) -> Params:
+    top = _mapping(raw, "", {f.name for f in fields(Params)})
+    datasets = _dataset_list(top["datasets"])
+    data_raw = _mapping(top["data"], "data", set(SPECS), required=set(datasets))
+    data = {name: _data(value, name) for name, value in data_raw.items()}
+    split = read_section(SplitParams, top["split"], "split")
+    train = read_section(TrainParams, top["train"], "train")
+    for name in datasets:
+        classes = SPECS[name].num_classes[data[name].label_mode]
+        _check_subsample(split, name, classes)
+        _check_model_size(train.model, classes)
+    register = read_section(RegisterParams, top["register"], "register")
+    return Params(datasets=datasets, data=data, split=split, train=train, register=register)
 
 
 def load_params(path: Path | str = DEFAULT_PATH) -> Params:
@@ -181,37 +424,6 @@ def _check_bounds(value: Any, name: str) -> None:
             raise ParamsError(_too_deep(name))
         children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
         pending.extend((child, depth + 1) for child in children)
-
-
-CHECKED_MARKER = (
-    "params.yaml passed validation. This file's content never changes: it only orders the\n"
-    "check_params stage before every per-dataset stage (see dvc.yaml).\n"
-)
-
-
-def mark_checked(marker: Path) -> None:
-    """Write the check_params stage's output; `load_params` has already validated everything.
-
-    DVC has no order-only dependencies, so the check stage needs an output that the first
-    per-dataset stage depends on. Its content is fixed so that rerunning the check (the
-    `datasets` list or this module changed) never makes a dataset's stages rerun.
-    """
-    with atomic_file(marker) as tmp:
-        tmp.write_text(CHECKED_MARKER, encoding="utf-8")
-
-
-def parse_params(raw: Any) -> Params:
-    top = _mapping(raw, "", {"datasets", "data", "split", "train", "register"})
-    datasets = _dataset_list(top["datasets"])
-    data_raw = _mapping(top["data"], "data", set(SPECS), required=set(datasets))
-    data = {name: _data(value, name) for name, value in data_raw.items()}
-    split = _split(top["split"])
-    train = _train(top["train"])
-    for name in datasets:
-        classes = SPECS[name].num_classes[data[name].label_mode]
-        _check_subsample(split, name, classes)
-        _check_model_size(train.model, classes)
-    return Params(datasets=datasets, data=data, split=split, train=train, register=_register(top["register"]))
 
 
 def minimum_train_images(num_classes: int, val_fraction: float) -> int:
@@ -282,290 +494,3 @@ def flatten(params: Any, prefix: str = "") -> dict[str, Any]:
         else:
             items[name] = list(value) if isinstance(value, tuple) else value
     return items
-
-
-# --- section parsers -------------------------------------------------------------------
-
-
-def _dataset_list(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value:
-        raise ParamsError(
-            f"params.yaml: 'datasets' must be a non-empty list of dataset names from {sorted(SPECS)}, got {value!r}"
-        )
-    for name in value:
-        if name not in SPECS:
-            raise ParamsError(
-                f"params.yaml: 'datasets' names unknown dataset {name!r}{_did_you_mean(name, SPECS)}; "
-                f"allowed: {sorted(SPECS)}"
-            )
-    if len(set(value)) != len(value):
-        raise ParamsError(f"params.yaml: 'datasets' lists a dataset twice: {value}")
-    return tuple(value)
-
-
-def _data(value: Any, name: str) -> DataParams:
-    spec = SPECS[name]
-    where = f"data.{name}"
-    # Every dataset has label_mode (CIFAR-10's only one is "label"), so the split stage can
-    # depend on `data.<d>.label_mode` alone: a new url for the same archive does not rerun it.
-    section = _mapping(value, where, {"url", "md5", "label_mode"})
-    url = _string(section["url"], f"{where}.url")
-    md5 = _string(section["md5"], f"{where}.md5").lower()
-    if not re.fullmatch(r"[0-9a-f]{32}", md5):
-        raise ParamsError(f"params.yaml: {where}.md5 must be 32 hexadecimal digits, got {section['md5']!r}")
-    label_mode = _choice(section["label_mode"], f"{where}.label_mode", spec.label_fields)
-    return DataParams(url=url, md5=md5, label_mode=label_mode)
-
-
-def _split(value: Any) -> SplitParams:
-    section = _mapping(value, "split", {"val_fraction", "seed", "max_train_images", "max_test_images"})
-    fraction = _number(section["val_fraction"], "split.val_fraction")
-    if not 0.0 < fraction < 1.0:
-        raise ParamsError(f"params.yaml: split.val_fraction must be between 0 and 1 (exclusive), got {fraction}")
-    return SplitParams(
-        val_fraction=fraction,
-        seed=_integer(section["seed"], "split.seed", minimum=0),
-        max_train_images=_optional_integer(section["max_train_images"], "split.max_train_images", minimum=2),
-        max_test_images=_optional_integer(section["max_test_images"], "split.max_test_images", minimum=1),
-    )
-
-
-def _train(value: Any) -> TrainParams:
-    section = _mapping(
-        value,
-        "train",
-        {
-            "seed",
-            "epochs",
-            "batch_size",
-            "optimizer",
-            "learning_rate",
-            "weight_decay",
-            "momentum",
-            "label_smoothing",
-            "ema_momentum",
-            "jit_compile",
-            "mixed_precision",
-            "distribute",
-            "lr_schedule",
-            "augment",
-            "model",
-        },
-    )
-    rate = _number(section["learning_rate"], "train.learning_rate")
-    if rate <= 0:
-        raise ParamsError(f"params.yaml: train.learning_rate must be > 0, got {rate}")
-    optimizer = _choice(section["optimizer"], "train.optimizer", OPTIMIZERS)
-    decay = _fraction(section["weight_decay"], "train.weight_decay")
-    if decay and optimizer == "adam":
-        raise ParamsError(
-            f"params.yaml: train.weight_decay is {decay}, but adam has no decoupled weight decay; "
-            f"set train.optimizer to adamw (or sgd), or train.weight_decay to 0"
-        )
-    return TrainParams(
-        seed=_integer(section["seed"], "train.seed", minimum=0, maximum=MAX_SEED),
-        epochs=_integer(section["epochs"], "train.epochs", minimum=1),
-        batch_size=_integer(section["batch_size"], "train.batch_size", minimum=1),
-        optimizer=optimizer,
-        learning_rate=rate,
-        weight_decay=decay,
-        momentum=_fraction(section["momentum"], "train.momentum"),
-        label_smoothing=_fraction(section["label_smoothing"], "train.label_smoothing"),
-        ema_momentum=_ema(section["ema_momentum"]),
-        jit_compile=_auto_or_bool(section["jit_compile"], "train.jit_compile"),
-        mixed_precision=_auto_or_bool(section["mixed_precision"], "train.mixed_precision"),
-        distribute=_choice(section["distribute"], "train.distribute", DISTRIBUTE),
-        lr_schedule=_schedule(section["lr_schedule"]),
-        augment=_augment(section["augment"]),
-        model=_model(section["model"]),
-    )
-
-
-def _schedule(value: Any) -> ScheduleParams:
-    section = _mapping(value, "train.lr_schedule", {"kind", "boundaries", "factor", "warmup_fraction"})
-    kind = _choice(section["kind"], "train.lr_schedule.kind", LR_SCHEDULES)
-    boundaries = tuple(
-        _integer_list(section["boundaries"], "train.lr_schedule.boundaries", minimum=1, allow_empty=True)
-    )
-    if list(boundaries) != sorted(set(boundaries)):
-        raise ParamsError(
-            f"params.yaml: train.lr_schedule.boundaries must be strictly increasing, got {list(boundaries)}"
-        )
-    factor = _number(section["factor"], "train.lr_schedule.factor")
-    if not 0.0 < factor <= 1.0:
-        raise ParamsError(f"params.yaml: train.lr_schedule.factor must be in (0, 1], got {factor}")
-    warmup = _fraction(section["warmup_fraction"], "train.lr_schedule.warmup_fraction")
-    if warmup and kind not in ("cosine", "triangular"):
-        raise ParamsError(
-            f"params.yaml: train.lr_schedule.warmup_fraction is {warmup}, but only the cosine and triangular "
-            f"schedules warm up; set train.lr_schedule.kind to one of them, or warmup_fraction to 0"
-        )
-    return ScheduleParams(kind=kind, boundaries=boundaries, factor=factor, warmup_fraction=warmup)
-
-
-def _register(value: Any) -> RegisterParams:
-    section = _mapping(value, "register", {"min_improvement"})
-    margin = _number(section["min_improvement"], "register.min_improvement")
-    if not 0.0 < margin < 1.0:  # MLflow's validation needs a positive margin; 0.00001 is "any improvement"
-        raise ParamsError(
-            f"params.yaml: register.min_improvement must be above 0 and below 1 (a share of the test images, "
-            f"e.g. 0.005), got {margin}"
-        )
-    return RegisterParams(min_improvement=margin)
-
-
-def _augment(value: Any) -> AugmentParams:
-    section = _mapping(value, "train.augment", {"flip", "shift", "fill"})
-    return AugmentParams(
-        flip=_boolean(section["flip"], "train.augment.flip"),
-        shift=_integer(section["shift"], "train.augment.shift", minimum=0, maximum=16),
-        fill=_choice(section["fill"], "train.augment.fill", FILLS),
-    )
-
-
-def _ema(value: Any) -> float | None:
-    """null: train without weight averaging; else the averaging momentum, e.g. 0.99 (~100 steps)."""
-    if value is None:
-        return None
-    momentum = _fraction(value, "train.ema_momentum")
-    if momentum == 0.0:
-        raise ParamsError(
-            "params.yaml: train.ema_momentum is 0, which averages nothing; set null to train without "
-            "weight averaging, or a momentum such as 0.99"
-        )
-    return momentum
-
-
-MODEL_KEYS = {
-    "kind",
-    "filters",
-    "dropouts",
-    "dense_units",
-    "activation",
-    "widths",
-    "bn_momentum",
-    "bn_scale",
-    "test_views",
-}
-
-
-def _model(value: Any) -> ModelParams:
-    section = _mapping(value, "train.model", MODEL_KEYS)
-    widths = tuple(_integer_list(section["widths"], "train.model.widths", minimum=1))
-    if len(widths) != 3:
-        raise ParamsError(
-            f"params.yaml: train.model.widths must list the airbench network's 3 group widths, got {list(widths)}"
-        )
-    filters = tuple(_integer_list(section["filters"], "train.model.filters", minimum=1))
-    if len(filters) > 5:
-        raise ParamsError(
-            f"params.yaml: train.model.filters has {len(filters)} blocks; "
-            f"at most 5 fit a 32x32 image (each block halves it)"
-        )
-    dropouts = section["dropouts"]
-    if not isinstance(dropouts, list) or len(dropouts) != len(filters):
-        raise ParamsError(
-            f"params.yaml: train.model.dropouts must be a list with one rate per block "
-            f"({len(filters)}), got {dropouts!r}"
-        )
-    rates = tuple(_number(rate, f"train.model.dropouts[{i}]") for i, rate in enumerate(dropouts))
-    if any(not 0.0 <= rate < 1.0 for rate in rates):
-        raise ParamsError(f"params.yaml: train.model.dropouts must each be in [0, 1), got {list(rates)}")
-    activation = _choice(section["activation"], "train.model.activation", ("relu", "elu", "gelu", "swish"))
-    return ModelParams(
-        filters=filters,
-        dropouts=rates,
-        dense_units=_integer(section["dense_units"], "train.model.dense_units", minimum=1),
-        activation=activation,
-        kind=_choice(section["kind"], "train.model.kind", MODEL_KINDS),
-        widths=widths,
-        bn_momentum=_fraction(section["bn_momentum"], "train.model.bn_momentum"),
-        bn_scale=_boolean(section["bn_scale"], "train.model.bn_scale"),
-        test_views=_choice(section["test_views"], "train.model.test_views", TEST_VIEWS),
-    )
-
-
-# --- value checkers --------------------------------------------------------------------
-
-
-def _did_you_mean(key: Any, allowed: Any, prefix: str = "") -> str:
-    close = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1, cutoff=0.6)
-    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-
-
-def _mapping(value: Any, where: str, allowed: set[str], required: set[str] | None = None) -> dict[str, Any]:
-    label = where or "the top level"
-    if not isinstance(value, dict):
-        raise ParamsError(f"params.yaml: {label} must be a mapping of keys {sorted(allowed)}, got {value!r}")
-    prefix = f"{where}." if where else ""
-    for key in value:
-        if key not in allowed:
-            raise ParamsError(
-                f"params.yaml: unknown key '{prefix}{key}'{_did_you_mean(key, allowed, prefix)}; "
-                f"allowed keys in {label}: {sorted(allowed)}"
-            )
-    for key in sorted(allowed if required is None else required):
-        if key not in value:
-            raise ParamsError(f"params.yaml: missing key '{prefix}{key}'; add it (see the README's params table)")
-    return value
-
-
-def _string(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ParamsError(f"params.yaml: {where} must be a non-empty string, got {value!r}")
-    return value.strip()
-
-
-def _choice(value: Any, where: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ParamsError(
-            f"params.yaml: {where} must be one of {list(allowed)}, got {value!r}{_did_you_mean(value, allowed)}"
-        )
-    return value
-
-
-def _boolean(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise ParamsError(f"params.yaml: {where} must be true or false, got {value!r}")
-    return value
-
-
-def _auto_or_bool(value: Any, where: str) -> str | bool:
-    if value == "auto" or isinstance(value, bool):
-        return value
-    raise ParamsError(f"params.yaml: {where} must be auto, true or false, got {value!r}")
-
-
-def _integer(value: Any, where: str, minimum: int | None = None, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ParamsError(f"params.yaml: {where} must be an integer, got {value!r}")
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        bounds = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-        raise ParamsError(f"params.yaml: {where} must be an integer {bounds}, got {value}")
-    return value
-
-
-def _optional_integer(value: Any, where: str, minimum: int) -> int | None:
-    return None if value is None else _integer(value, where, minimum=minimum)
-
-
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ParamsError(f"params.yaml: {where} must be a number, got {value!r}")
-    return float(value)
-
-
-def _fraction(value: Any, where: str) -> float:
-    """A number in [0, 1): weight decay, momentum, label smoothing, warm-up share."""
-    number = _number(value, where)
-    if not 0.0 <= number < 1.0:
-        raise ParamsError(f"params.yaml: {where} must be at least 0 and below 1, got {number}")
-    return number
-
-
-def _integer_list(value: Any, where: str, minimum: int, allow_empty: bool = False) -> list[int]:
-    if not isinstance(value, list) or (not value and not allow_empty):
-        raise ParamsError(
-            f"params.yaml: {where} must be a {'' if allow_empty else 'non-empty '}list of integers, got {value!r}"
-        )
-    return [_integer(item, f"{where}[{i}]", minimum=minimum) for i, item in enumerate(value)]
