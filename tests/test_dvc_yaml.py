@@ -65,3 +65,18 @@ def test_the_worker_command_reads_the_train_stages_inputs():
 
     command = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["do"]["cmd"].split()
     assert command[3:6] == ["${item}", SPLIT.format("${item}"), STATS.format("${item}")], command
+
+
+def test_the_dvc_plots_columns_are_the_metric_names_the_train_stage_writes():
+    from cifar_pipeline.core.metric_names import ACCURACY_KEYS, LOSS_KEYS
+
+    plots = {next(iter(p)): next(iter(p.values())) for p in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]}
+    assert tuple(plots["plots/loss"]["y"]) == LOSS_KEYS
+    assert tuple(plots["plots/accuracy"]["y"]) == ACCURACY_KEYS
+
+
+def test_the_train_stage_reruns_on_exactly_what_identifies_a_run():
+    """A param that identifies a run (and so its checkpoint and MLflow params) must rerun train."""
+    from cifar_pipeline.core.run_identity import dvc_params
+
+    assert yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["do"]["params"] == dvc_params()

@@ -6,8 +6,6 @@ import os
 # every stage; keep warnings and errors. Set TF_CPP_MIN_LOG_LEVEL yourself to override.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-# TF leaves its oneDNN CPU kernels off on AMD CPUs; on, the seed model trains 1.3-1.6x
-# faster on the project's 2-core machine (222 -> 364 img/s in benchmarks/results/results.md).
-# GPU kernels are unaffected.
-# Set TF_ENABLE_ONEDNN_OPTS=0 to turn them off again.
+# TF leaves its oneDNN CPU kernels off on AMD CPUs; on, training is markedly faster there
+# (docs/speed.md). GPU kernels are unaffected. Set TF_ENABLE_ONEDNN_OPTS=0 to turn them off.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

@@ -13,23 +13,12 @@ from __future__ import annotations
 
 import tarfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from cifar_pipeline.core.datasets import DataFormatError, DatasetSpec, parse_records
-
-
-@dataclass(frozen=True)
-class RawDataset:
-    """A dataset as the archive holds it: uint8 NHWC images, every label field."""
-
-    train_images: np.ndarray
-    train_labels: dict[str, np.ndarray]
-    test_images: np.ndarray
-    test_labels: dict[str, np.ndarray]
-    class_names: dict[str, list[str]]
+from cifar_pipeline.core.layout import RawDataset
 
 
 def check_member(member: tarfile.TarInfo, archive: Path) -> None:

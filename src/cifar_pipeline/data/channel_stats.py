@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cifar_pipeline.core.files import atomic_file, load_array, read_json, write_json
+from cifar_pipeline.core.files import atomic_file, read_json, write_json
+from cifar_pipeline.core.layout import load_images
 
 CHUNK = 4096
 
@@ -60,7 +61,7 @@ def normalize_dataset(split_dir: Path, stats_json: Path) -> ChannelStats:
     serving run one graph), so no float32 copy of the images is stored, cached by DVC, or
     loaded into memory.
     """
-    stats = channel_stats(load_array(split_dir, "train_images"))
+    stats = channel_stats(load_images(split_dir, "train"))
     with atomic_file(stats_json) as tmp:
         write_json(tmp, stats.to_json())
     print(f"channel mean {np.round(stats.mean, 2).tolist()}, std {np.round(stats.std, 2).tolist()}")

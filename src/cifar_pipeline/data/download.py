@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from cifar_pipeline.core.datasets import SPECS
 from cifar_pipeline.core.errors import PipelineError
-from cifar_pipeline.core.files import atomic_dir, save_arrays, write_json
+from cifar_pipeline.core.files import atomic_dir
+from cifar_pipeline.core.layout import write_raw
 from cifar_pipeline.core.params import Params
 from cifar_pipeline.data.archive import read_archive
 
@@ -247,8 +248,5 @@ def download_dataset(dataset: str, params: Params, out_dir: Path, cache_dir: Pat
     archive = fetch(source.url, source.md5, cache_dir)
     raw = read_archive(archive, spec)
     with atomic_dir(out_dir) as tmp:
-        save_arrays(tmp, train_images=raw.train_images, test_images=raw.test_images)
-        save_arrays(tmp, **{f"train_{field}": raw.train_labels[field] for field in spec.label_fields})
-        save_arrays(tmp, **{f"test_{field}": raw.test_labels[field] for field in spec.label_fields})
-        write_json(tmp / "classes.json", raw.class_names)
+        write_raw(tmp, raw)
     print(f"{dataset}: {len(raw.train_images)} training and {len(raw.test_images)} test images from {archive}")

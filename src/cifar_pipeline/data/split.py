@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from cifar_pipeline.core.errors import PipelineError
-from cifar_pipeline.core.files import atomic_dir, load_array, read_json, save_arrays, write_json
+from cifar_pipeline.core.files import atomic_dir
+from cifar_pipeline.core.layout import Classes, Part, Split, load_raw, write_split
 from cifar_pipeline.core.params import Params
 
 
@@ -90,26 +91,19 @@ def split_dataset(dataset: str, params: Params, raw_dir: Path, out_dir: Path) ->
     """Seeded stratified train/validation split; indices saved beside the arrays."""
     mode = params.dataset(dataset).label_mode
     settings = params.split
-    labels = load_array(raw_dir, f"train_{mode}", mmap=False)
+    raw = load_raw(raw_dir, mode)
+    images, labels = raw.train_images, raw.train_labels[mode]
+    test_images, test_labels = raw.test_images, raw.test_labels[mode]
     train_idx, val_idx = train_val_split(labels, settings.val_fraction, settings.seed, settings.max_train_images)
-    test_labels = load_array(raw_dir, f"test_{mode}", mmap=False)
     test_idx = select_test_images(test_labels, settings.max_test_images, settings.seed)
-    images = load_array(raw_dir, "train_images")
-    test_images = load_array(raw_dir, "test_images")
+    split = Split(
+        train=Part(images[train_idx], labels[train_idx], train_idx),
+        val=Part(images[val_idx], labels[val_idx], val_idx),
+        test=Part(test_images[test_idx], test_labels[test_idx], test_idx),
+        classes=Classes(names=raw.class_names[mode], label_mode=mode),
+    )
     with atomic_dir(out_dir) as tmp:
-        save_arrays(
-            tmp,
-            train_images=images[train_idx],
-            train_labels=labels[train_idx],
-            train_indices=train_idx,
-            val_images=images[val_idx],
-            val_labels=labels[val_idx],
-            val_indices=val_idx,
-            test_images=test_images[test_idx],
-            test_labels=test_labels[test_idx],
-            test_indices=test_idx,
-        )
-        write_json(tmp / "classes.json", {"label_mode": mode, "names": read_json(raw_dir / "classes.json")[mode]})
+        write_split(tmp, split)
     print(
         f"{dataset}: {len(train_idx)} train / {len(val_idx)} validation / {len(test_idx)} test images, "
         f"label_mode {mode}"

@@ -10,8 +10,9 @@ import numpy as np
 from mlflow.data.meta_dataset import MetaDataset
 
 from cifar_pipeline.core.errors import PipelineError
-from cifar_pipeline.core.files import atomic_file, load_array, read_json, write_csv, write_json
-from cifar_pipeline.core.layout import RUN_FILE
+from cifar_pipeline.core.files import atomic_file, read_json, write_csv, write_json
+from cifar_pipeline.core.layout import RUN_FILE, load_classes, load_part
+from cifar_pipeline.core.metric_names import TEST_KEYS
 from cifar_pipeline.inference.loading import LoadedModel, load_model
 from cifar_pipeline.tracking import mlflow_runs
 from cifar_pipeline.tracking.figures import confusion_matrix
@@ -45,7 +46,7 @@ class Evaluation:
         }
 
     def metrics(self) -> dict[str, float]:
-        return {"test_loss": self.loss, "test_accuracy": self.accuracy, "test_top5_accuracy": self.top5_accuracy}
+        return dict(zip(TEST_KEYS, (self.loss, self.accuracy, self.top5_accuracy), strict=True))
 
 
 def evaluate_probabilities(probabilities: np.ndarray, labels: np.ndarray) -> Evaluation:
@@ -72,11 +73,10 @@ def evaluate_probabilities(probabilities: np.ndarray, labels: np.ndarray) -> Eva
 def score(model: LoadedModel, split_dir: Path, what: str, fix: str = "run `dvc repro` to retrain it") -> Evaluation:
     """A model's numbers on a split's raw uint8 test images: the evaluate stage's, and the register
     stage's when it scores the champion on a candidate's test images."""
-    names = read_json(split_dir / "classes.json")["names"]
-    if model.class_names != names:
+    if model.class_names != load_classes(split_dir).names:
         raise PipelineError(f"{what} was trained on other classes than {split_dir} holds; {fix}")
-    probabilities = model.predict(load_array(split_dir, "test_images", mmap=False))
-    return evaluate_probabilities(probabilities, load_array(split_dir, "test_labels", mmap=False))
+    test = load_part(split_dir, "test", mmap=False)
+    return evaluate_probabilities(model.predict(test.images), test.labels)
 
 
 def test_images(dataset: str, trained: dict[str, str], split_dir: Path) -> MetaDataset:
@@ -87,7 +87,7 @@ def test_images(dataset: str, trained: dict[str, str], split_dir: Path) -> MetaD
         trained["data.url"],
         trained["data.md5"],
         trained["data.label_mode"],
-        load_array(split_dir, "test_indices"),
+        load_part(split_dir, "test").indices,
     )
 
 
@@ -100,8 +100,8 @@ def evaluate_model(
     The metrics go to the training run and, linked to the test images, to its logged model:
     MLflow 3's Models tab ranks by those, and the register stage reads them from there.
     """
-    names = read_json(split_dir / "classes.json")["names"]
-    labels = load_array(split_dir, "test_labels", mmap=False)
+    names = load_classes(split_dir).names
+    labels = load_part(split_dir, "test").labels
     # What `predict` loads: the same code, the same graph.
     result = score(load_model(model_dir), split_dir, str(model_dir))
     per_class = result.per_class(names)

@@ -24,8 +24,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from cifar_pipeline.core.errors import PipelineError, first_line, redact
-from cifar_pipeline.core.files import atomic_file, load_array, read_json, write_json
-from cifar_pipeline.core.layout import RUN_FILE
+from cifar_pipeline.core.files import atomic_file, read_json, write_json
+from cifar_pipeline.core.layout import RUN_FILE, load_part
+from cifar_pipeline.core.metric_names import TEST_KEYS
+from cifar_pipeline.core.run_identity import is_recorded
 from cifar_pipeline.inference.evaluation import score, test_images
 from cifar_pipeline.inference.loading import ModelLoadError, load_model
 from cifar_pipeline.registry.champion import Decision, Standing, decide
@@ -36,8 +38,6 @@ NEWEST = "newest"  # MLflow reserves "latest" (models:/<name>/latest already mea
 CHAMPION = "champion"
 TEST_SET_TAG = "test_set_digest"
 DECISION_TAG = "champion_decision"
-TEST_METRICS = ("test_loss", "test_accuracy", "test_top5_accuracy")
-SHAPING_PARAMS = ("dataset", "data.url", "data.md5", "data.label_mode")  # plus every split.* and train.*
 AGREE = 1e-9  # a metric the file holds and the store holds: the same float, written by the same stage
 
 
@@ -74,7 +74,7 @@ def confirmed_metrics(dataset: str, run_id: str, model_id: str | None, digest: s
             f"test metrics of it; retrain with `dvc repro --force train@{dataset}`"
         )
     held = mlflow_runs.model_scores(model_id, digest)
-    if any(key not in held for key in TEST_METRICS):
+    if any(key not in held for key in TEST_KEYS):
         raise RegistryError(
             f"MLflow holds no test metrics of model {model_id} (run {run_id}) on these test images ({digest}); {redo}"
         )
@@ -86,7 +86,7 @@ def confirmed_metrics(dataset: str, run_id: str, model_id: str | None, digest: s
         raise RegistryError(f"{metrics_json} is not the evaluate stage's JSON object of test metrics; {redo}")
     wrong = [
         f"{key} {written.get(key)!r} in the file, {held[key]!r} in MLflow"
-        for key in TEST_METRICS
+        for key in TEST_KEYS
         if not isinstance(written.get(key), int | float) or abs(float(written[key]) - held[key]) > AGREE
     ]
     if wrong:
@@ -94,7 +94,7 @@ def confirmed_metrics(dataset: str, run_id: str, model_id: str | None, digest: s
             f"{metrics_json} disagrees with MLflow run {run_id} ({'; '.join(wrong)}): it was edited or is not "
             f"this model's; {redo}"
         )
-    return {key: held[key] for key in TEST_METRICS}
+    return {key: held[key] for key in TEST_KEYS}
 
 
 @mlflow_runs.server_errors()
@@ -120,7 +120,7 @@ def register_model(
         model_id=model_id,
         split_dir=split_dir,
         images=images,
-        count=len(load_array(split_dir, "test_indices")),
+        count=len(load_part(split_dir, "test").indices),
         metrics=metrics,
     )
     previous = read_json(out_json) if out_json.is_file() else {}  # persist: what DVC last recorded here
@@ -196,7 +196,7 @@ def _ensure_version(client: MlflowClient, candidate: Candidate, run, previous: d
         **{
             f"param.{key}": redact(value)  # runs logged before params were redacted may hold a login
             for key, value in run.data.params.items()
-            if key in SHAPING_PARAMS or key.startswith(("split.", "train."))
+            if is_recorded(key)
         },
     }
     # run_id with the other tags, in the one request that creates the version: no kill can fall between

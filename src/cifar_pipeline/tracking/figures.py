@@ -10,14 +10,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from cifar_pipeline.core.metric_names import ACCURACY_KEYS, LEARNING_RATE, LOSS_KEYS
+
 
 def training_curves(rows: list[dict[str, float]], title: str) -> Figure:
     epochs = [row["epoch"] for row in rows]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     panels = [
-        ("loss", ("loss", "val_loss")),
-        ("accuracy", ("accuracy", "val_accuracy", "top5_accuracy", "val_top5_accuracy")),
-        ("learning rate", ("learning_rate",)),
+        ("loss", LOSS_KEYS),
+        ("accuracy", ACCURACY_KEYS),
+        ("learning rate", (LEARNING_RATE,)),
     ]
     for ax, (label, keys) in zip(axes, panels, strict=True):
         for key in keys:

@@ -24,7 +24,9 @@ import keras
 
 from cifar_pipeline.core.errors import PipelineError
 from cifar_pipeline.core.files import atomic_file, naming_errors, read_json, write_json
-from cifar_pipeline.core.params import Params, flatten
+from cifar_pipeline.core.layout import split_identity_files
+from cifar_pipeline.core.params import Params
+from cifar_pipeline.core.run_identity import run_identity
 
 CHECKPOINT_ROOT = Path("data/.checkpoints")
 STATE_FILE = "state.json"
@@ -45,20 +47,8 @@ class TrainingState:
 def fingerprint(dataset: str, params: Params, split_dir: Path, stats_json: Path) -> str:
     """What makes two training runs the same run: params and the exact inputs."""
     digest = hashlib.sha256()
-    config = {
-        "dataset": dataset,
-        # not the url: the same archive fetched from elsewhere trains the same model
-        "data": {key: value for key, value in flatten(params.data[dataset]).items() if key != "url"},
-        "split": flatten(params.split),
-        "train": flatten(params.train),
-    }
-    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
-    for path in (
-        split_dir / "classes.json",
-        split_dir / "train_indices.npy",
-        split_dir / "val_indices.npy",
-        stats_json,
-    ):
+    digest.update(json.dumps(run_identity(params, dataset), sort_keys=True, default=str).encode())
+    for path in (*split_identity_files(split_dir), stats_json):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

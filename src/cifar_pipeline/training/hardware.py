@@ -1,10 +1,9 @@
 """What `auto` means for the speed params, decided from the hardware TensorFlow runs on.
 
-Defaults follow measurements (benchmarks/results/): on a 2-core AMD EPYC without
-AVX-512, XLA ran 2.7x slower and bfloat16 15x slower (emulated), so float32 it is; on a
-2-core AMD EPYC with AVX512-BF16, mixed bfloat16 trained the seed model 1.35x faster
-(1191 vs 882 img/s) with the same accuracy on real CIFAR-10 images, and XLA was still
-slower. With a GPU, float16 compute is the standard win and Keras enables XLA itself.
+Defaults follow measurements (docs/speed.md, "Measurements behind the defaults"): on a
+CPU, mixed bfloat16 only where the CPU computes bfloat16 natively (emulated it is far
+slower), and no XLA (slower on every CPU measured). With a GPU, float16 compute is the
+standard win and Keras enables XLA itself.
 """
 
 from __future__ import annotations

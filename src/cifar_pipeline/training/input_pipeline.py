@@ -2,9 +2,8 @@
 
 Shuffling indices instead of images keeps one copy of the data in memory, as uint8 (a
 quarter of float32); batches become float only after gathering. Augmentation runs once
-per batch (Keras preprocessing layers are batch-aware), not once per image as the seed's
-ImageDataGenerator did. The model normalises its own input, so the pipeline feeds raw
-0-255 pixels.
+per batch (Keras preprocessing layers are batch-aware), not once per image. The model
+normalises its own input, so the pipeline feeds raw 0-255 pixels.
 """
 
 from __future__ import annotations
@@ -20,8 +19,8 @@ from cifar_pipeline.core.params import AugmentParams
 
 def _options() -> tf.data.Options:
     options = tf.data.Options()
-    # With autotune on, closing an iterator waits for the autotune thread's sleep: a
-    # 40-60 s stall at every epoch end measured on a 2-core CPU (issue 3), for no speed-up.
+    # With autotune on, closing an iterator waits for the autotune thread's sleep: a stall
+    # of tens of seconds at every epoch end on small CPUs, for no speed-up (docs/speed.md).
     options.autotune.enabled = False
     options.deterministic = True
     return options
@@ -94,9 +93,8 @@ def batch_gatherer(images: np.ndarray, labels: np.ndarray) -> Callable[[tf.Tenso
     """A tf.data map from a batch of indices to (images, labels), read by numpy from the arrays as given.
 
     The arrays are typically the split's memory-mapped `.npy` files, so the data is never
-    copied into TensorFlow: `tf.constant` of a numpy array holds two copies of it (+276 MB
-    for 45,000 CIFAR images, measured), which put the train stage over its 1.5 GB budget at
-    full scale (benchmarks/results/footprint).
+    copied into TensorFlow: `tf.constant` of a numpy array holds two copies of it, which put
+    the train stage over its memory budget at full scale (docs/speed.md).
     """
     targets = np.asarray(labels, dtype=np.int32)
     image_dtype = tf.as_dtype(images.dtype)
@@ -126,8 +124,8 @@ def training_dataset(
 
     Each epoch is one reshuffled pass, batched before repeating so no batch straddles two
     epochs. Repeating keeps one iterator for the whole fit instead of tearing the pipeline
-    down and refilling it at every epoch boundary: 3.3 % -> 0.6 % of each 2,048-image epoch
-    outside steady batches on a 2-core CPU (benchmarks/results/epyc-avx512-bf16).
+    down and refilling it at every epoch boundary, time that is otherwise spent outside
+    steady batches at each epoch's start (docs/speed.md).
     """
     gather = batch_gatherer(images, labels)
     transform = augmenter(augment, seed, fill)

@@ -1,17 +1,16 @@
 """The training recipe from params: optimizer, learning-rate schedule and loss, all Keras's own.
 
-The seed's schedule never fired: it was written as `def f(self, epoch)` and handed to
-`LearningRateScheduler`, which called it as `f(epoch, lr)`, so "self" got the epoch and
-"epoch" got the current rate, and every comparison against it was false. Here every
-schedule is a Keras `LearningRateSchedule` evaluated at the optimizer's step counter:
-nothing to call with the wrong arguments, per-step for warm-up and cosine, and saved with
-the optimizer, so a resumed run continues the schedule where it stopped.
+Every schedule is a Keras `LearningRateSchedule` evaluated at the optimizer's step counter:
+nothing to call with the wrong arguments (the seed's callback was, and never fired:
+docs/accuracy.md), per-step for warm-up and cosine, and saved with the optimizer, so a
+resumed run continues the schedule where it stopped.
 """
 
 from __future__ import annotations
 
 import keras
 
+from cifar_pipeline.core.metric_names import TOP5_ACCURACY
 from cifar_pipeline.core.params import ScheduleParams, TrainParams
 
 
@@ -123,7 +122,7 @@ def compile_classifier(model: keras.Model, settings: TrainParams, steps_per_epoc
         loss=SparseCrossentropy(settings.label_smoothing),
         metrics=[
             keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-            keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy"),
+            keras.metrics.SparseTopKCategoricalAccuracy(k=5, name=TOP5_ACCURACY),
         ],
     )
 

@@ -16,9 +16,11 @@ import numpy as np
 import tensorflow as tf
 
 from cifar_pipeline.core.errors import PipelineError
-from cifar_pipeline.core.files import atomic_dir, load_array, read_json, write_csv, write_json
-from cifar_pipeline.core.layout import CLASSES_FILE, MODEL_FILE, RUN_FILE
-from cifar_pipeline.core.params import Params, TrainParams, flatten
+from cifar_pipeline.core.files import atomic_dir, write_csv, write_json
+from cifar_pipeline.core.layout import CLASSES_FILE, MODEL_FILE, RUN_FILE, Classes, Split, load_split
+from cifar_pipeline.core.metric_names import ACCURACY_KEYS, EPOCH_TIME, LEARNING_RATE, LOSS_KEYS, THROUGHPUT
+from cifar_pipeline.core.params import Params, TrainParams
+from cifar_pipeline.core.run_identity import recorded_params
 from cifar_pipeline.core.stage_runner import interrupted
 from cifar_pipeline.data.channel_stats import ChannelStats
 from cifar_pipeline.tracking import mlflow_runs
@@ -30,11 +32,6 @@ from cifar_pipeline.training.input_pipeline import evaluation_dataset, steps_per
 from cifar_pipeline.training.model import build_classifier, exportable, set_whitening
 from cifar_pipeline.training.recipe import compile_classifier, last_step_rate
 from cifar_pipeline.training.views import with_test_views
-
-# The DVC plots' columns: loss and accuracy apart, as their scales differ (loss up to ~5 on
-# CIFAR-100, accuracy 0-1); the learning rate and timings are in MLflow.
-LOSS_KEYS = ("loss", "val_loss")
-ACCURACY_KEYS = ("accuracy", "val_accuracy", "top5_accuracy", "val_top5_accuracy")
 
 
 class TrainingDiverged(PipelineError):
@@ -87,9 +84,9 @@ class EpochLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         seconds = time.perf_counter() - self._started
         metrics = {key: float(value) for key, value in (logs or {}).items()}
-        metrics["learning_rate"] = last_step_rate(self.model.optimizer)
-        metrics["epoch_time_s"] = seconds
-        metrics["images_per_second"] = self.images_per_epoch / seconds
+        metrics[LEARNING_RATE] = last_step_rate(self.model.optimizer)
+        metrics[EPOCH_TIME] = seconds
+        metrics[THROUGHPUT] = self.images_per_epoch / seconds
         self.state.rows.append({"epoch": epoch + 1, **metrics})
         self.state.epochs_done = epoch + 1
         if self.checkpoints is not None:  # None: a run that cannot resume (multi-worker)
@@ -185,9 +182,9 @@ class TrainingSetup:
 
     dataset: str
     params: Params
-    split_dir: Path
     distribution: Distribution
-    classes: dict  # the split's classes.json: names and label mode
+    split: Split
+    classes: Classes
     stats: ChannelStats
     train: tuple[np.ndarray, np.ndarray]
     validation: tuple[np.ndarray, np.ndarray]
@@ -221,10 +218,11 @@ def prepare(dataset: str, params: Params, split_dir: Path, stats_json: Path, *, 
             f"{distribution.replicas}, or use fewer devices"
         )
     keras.utils.set_random_seed(settings.seed)
-    classes = read_json(split_dir / "classes.json")
+    split = load_split(split_dir)
+    classes = split.classes
     stats = ChannelStats.read(stats_json)
-    train = load_array(split_dir, "train_images"), load_array(split_dir, "train_labels")
-    validation = load_array(split_dir, "val_images"), load_array(split_dir, "val_labels")
+    train = split.train.images, split.train.labels
+    validation = split.val.images, split.val.labels
     policy = precision_policy(settings.mixed_precision)
     keras.mixed_precision.set_global_policy(policy)
     run_fingerprint = fingerprint(dataset, params, split_dir, stats_json)
@@ -242,21 +240,21 @@ def prepare(dataset: str, params: Params, split_dir: Path, stats_json: Path, *, 
                 checkpoints.discard(str(err))
                 saved = None
         if classifier is None:
-            classifier = new_classifier(settings, len(classes["names"]), stats, train[0])
+            classifier = new_classifier(settings, len(classes.names), stats, train[0])
     distribution.prepare(classifier)
     return TrainingSetup(
-        dataset,
-        params,
-        split_dir,
-        distribution,
-        classes,
-        stats,
-        train,
-        validation,
-        policy,
-        checkpoints,
-        saved,
-        classifier,
+        dataset=dataset,
+        params=params,
+        distribution=distribution,
+        split=split,
+        classes=classes,
+        stats=stats,
+        train=train,
+        validation=validation,
+        policy=policy,
+        checkpoints=checkpoints,
+        saved=saved,
+        classifier=classifier,
     )
 
 
@@ -285,11 +283,8 @@ def run_params(setup: TrainingSetup) -> dict:
     CIFAR-100 runs line up in MLflow's Compare view."""
     params, classifier, distribution = setup.params, setup.classifier, setup.distribution
     return {
-        "dataset": setup.dataset,
-        **flatten(params.data[setup.dataset], "data."),
-        **flatten(params.split, "split."),
-        **flatten(params.train, "train."),
-        "num_classes": len(setup.classes["names"]),
+        **recorded_params(params, setup.dataset),
+        "num_classes": len(setup.classes.names),
         "train_images": len(setup.train[0]),
         "val_images": len(setup.validation[0]),
         "model_parameters": classifier.count_params(),
@@ -320,9 +315,8 @@ def tracked_run(setup: TrainingSetup) -> Iterator[tuple[str, TrainingState]]:
         else:
             state = setup.checkpoints.start(run_id) if setup.resumable else TrainingState(run_id=run_id)
             data = setup.params.data[dataset]
-            for part in ("train", "val"):
-                indices = load_array(setup.split_dir, f"{part}_indices")
-                mlflow_runs.log_images_input(dataset, part, data.url, data.md5, data.label_mode, indices)
+            for name, part in (("train", setup.split.train), ("val", setup.split.val)):
+                mlflow_runs.log_images_input(dataset, name, data.url, data.md5, data.label_mode, part.indices)
             if saved:  # the store lost the old run: log what the checkpoint remembers
                 state.rows, state.epochs_done, state.model_file = saved.rows, saved.epochs_done, saved.model_file
                 mlflow_runs.log_missing_epochs(run_id, state.rows)
@@ -355,7 +349,7 @@ def train(
         fit(setup, state.epochs_done, (logger,))
         model = export_model(setup.classifier, setup.settings, setup.train, setup.stats)
         mlflow.log_figure(training_curves(state.rows, f"{dataset}: training curves"), "plots/training_curves.png")
-        about = {"names": setup.classes["names"], "dataset": dataset, "label_mode": setup.classes["label_mode"]}
+        about = {"names": setup.classes.names, "dataset": dataset, "label_mode": setup.classes.label_mode}
         model_uri = log_model(model, sample=setup.validation[0][:8], about=about)
     write_outputs(
         model, {"run_id": run_id, "model_uri": model_uri}, about, state.rows, model_dir, loss_csv, accuracy_csv
