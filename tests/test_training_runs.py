@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
-from cifar_pipeline.core import stage_runner
+from cifar_pipeline.core import interrupts
 from cifar_pipeline.core.files import save_arrays, write_json
 from cifar_pipeline.core.layout import MODEL_FILE
 from cifar_pipeline.core.params import ModelParams, load_params
@@ -285,10 +285,10 @@ def test_a_swallowed_ctrl_c_still_stops_training_at_the_next_batch(setup, monkey
         original(self, index, logs)
         if index == 0:
             with contextlib.suppress(KeyboardInterrupt):
-                stage_runner._interrupt(signal.SIGINT, None)
+                interrupts._interrupt(signal.SIGINT, None)
 
     monkeypatch.setattr(trainer.EpochLogger, "on_epoch_end", signal_lands_in_a_destructor)
-    monkeypatch.setattr(stage_runner, "_interrupted", False)
+    monkeypatch.setattr(interrupts, "_interrupted", False)
     with pytest.raises(KeyboardInterrupt):
         run_train(setup)
     client, run = only_run(setup[3])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 from cifar_pipeline.core.errors import PipelineError, redact
 from cifar_pipeline.core.files import check_replaceable, on_commit
+from cifar_pipeline.core.interrupts import catch_interrupts
 from cifar_pipeline.core.params import DEFAULT_PATH, Params, flatten, load_params, read_yaml
 
 DVC_YAML = Path("dvc.yaml")
@@ -39,8 +39,7 @@ def run_stage(
     parser = argparse.ArgumentParser(description=description)
     add_arguments(parser)
     args = parser.parse_args()
-    signal.signal(signal.SIGINT, _interrupt)  # Ctrl-C
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill`, or a scheduler stopping the job: same as Ctrl-C
+    catch_interrupts()
     try:
         params = load_params()
         for path, maker in (inputs(args) if inputs else {}).items():
@@ -133,19 +132,3 @@ def guard_params(script: str, item: str | None) -> None:
             )
 
     on_commit(unchanged)
-
-
-_interrupted = False
-
-
-def interrupted() -> bool:
-    """Whether Ctrl-C or SIGTERM arrived. The KeyboardInterrupt the handler raises can land
-    in code that swallows it (a destructor: "Exception ignored in ..."); long loops check
-    this too (training.StopWhenInterrupted), so the signal is never lost."""
-    return _interrupted
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    global _interrupted
-    _interrupted = True
-    raise KeyboardInterrupt

@@ -17,11 +17,11 @@ import tensorflow as tf
 
 from cifar_pipeline.core.errors import PipelineError
 from cifar_pipeline.core.files import atomic_dir, write_csv, write_json
+from cifar_pipeline.core.interrupts import interrupted
 from cifar_pipeline.core.layout import CLASSES_FILE, MODEL_FILE, RUN_FILE, Classes, Split, load_split
 from cifar_pipeline.core.metric_names import ACCURACY_KEYS, EPOCH_TIME, LEARNING_RATE, LOSS_KEYS, THROUGHPUT
 from cifar_pipeline.core.params import Params, TrainParams
 from cifar_pipeline.core.run_identity import recorded_params
-from cifar_pipeline.core.stage_runner import interrupted
 from cifar_pipeline.data.channel_stats import ChannelStats
 from cifar_pipeline.tracking import mlflow_runs
 from cifar_pipeline.tracking.figures import training_curves
