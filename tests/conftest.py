@@ -10,6 +10,14 @@ import pytest
 from archives import build_archive
 from http_server import ArchiveServer, serve
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every end-to-end test is slow too, so `-m "not slow"` is the quick loop without listing them."""
+    for item in items:
+        if item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.slow)
+
+
 ARCHIVE_NAMES = {"cifar10": "cifar-10-binary.tar.gz", "cifar100": "cifar-100-binary.tar.gz"}
 
 

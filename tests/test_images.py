@@ -98,6 +98,7 @@ def test_a_batch_file_larger_than_any_official_one_is_refused_before_it_is_read(
         read(tmp_path / "big.bin")
 
 
+@pytest.mark.slow
 def test_cifar_predict_survives_odd_file_names_and_a_closed_pipe(tmp_path):
     """A non-UTF-8 name printed to a strict UTF-8 stdout, and `| head -1`: no traceback either way."""
     import keras

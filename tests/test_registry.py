@@ -283,6 +283,7 @@ def race(full: Path, rounds: int, env: dict[str, str]) -> None:
     assert client.search_registered_models("name = 'cifar10.lock'") == []
 
 
+@pytest.mark.slow
 def test_two_registrations_at_once_on_sqlite_end_on_the_better_model(full):
     race(full, rounds=2, env={})
 
@@ -318,6 +319,7 @@ def tracking_server(store, monkeypatch):
         server.stop()
 
 
+@pytest.mark.slow
 def test_two_registrations_at_once_on_a_tracking_server_end_on_the_better_model(tracking_server, full):
     race(full, rounds=2, env={"MLFLOW_TRACKING_URI": tracking_server})
 

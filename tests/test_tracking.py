@@ -26,6 +26,7 @@ def test_tracking_uri_env_wins(monkeypatch):
     assert mlflow_runs.tracking_uri() == "http://127.0.0.1:5000"
 
 
+@pytest.mark.slow
 def test_parallel_first_use_of_a_fresh_store_agrees_on_one_experiment(tmp_path):
     """What `dvc queue start -j 2` does on a new project: several stages create the store at once."""
     code = "from cifar_pipeline.tracking import mlflow_runs; print(mlflow_runs.configure())"
