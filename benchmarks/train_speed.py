@@ -27,7 +27,8 @@ import numpy as np
 import tensorflow as tf
 
 # isort: on
-from cifar_pipeline.core.params import parse_params, read_yaml
+from cifar_pipeline.core.params import parse_params
+from cifar_pipeline.core.yaml_reader import read_yaml
 from cifar_pipeline.data.channel_stats import ChannelStats
 from cifar_pipeline.training.hardware import precision_policy
 from cifar_pipeline.training.input_pipeline import steps_per_epoch, training_dataset

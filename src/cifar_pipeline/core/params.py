@@ -20,11 +20,11 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
 from ruamel.yaml import YAMLError as _YAMLError
 
 from cifar_pipeline.core.datasets import SPECS
 from cifar_pipeline.core.errors import PipelineError
+from cifar_pipeline.core.yaml_reader import YamlTooBig, read_yaml
 
 DEFAULT_PATH = Path("params.yaml")
 MAX_SEED = 2**32 - 1  # NumPy's legacy seeding, which Keras uses, takes 32 bits
@@ -375,55 +375,13 @@ def load_params(path: Path | str = DEFAULT_PATH) -> Params:
         raise ParamsError(
             f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); save it as UTF-8"
         ) from None
+    except YamlTooBig as err:
+        raise ParamsError(str(err)) from None
     except _YAMLError as err:
         where = getattr(err, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
         raise ParamsError(f"{path} is not valid YAML{at}: {getattr(err, 'problem', err)}; fix the syntax") from None
     return parse_params(raw)
-
-
-# Bounds on a params or dvc.yaml file: a few kB and a few hundred values in practice. An alias
-# bomb (anchors referring to anchors) is small on disk and loads as shared objects, but expands
-# to billions of values for whatever walks it; nesting thousands deep overflows the parser.
-MAX_YAML_BYTES = 1 << 20
-MAX_YAML_VALUES = 100_000
-MAX_YAML_DEPTH = 64
-
-
-def read_yaml(text: str, name: str = "params.yaml") -> Any:
-    """YAML as DVC reads it (ruamel.yaml, YAML 1.2), so both agree on every value, within bounds.
-
-    PyYAML follows YAML 1.1, where `1e-3` is a string; DVC records it as 0.001.
-    """
-    if len(text) > MAX_YAML_BYTES:
-        raise ParamsError(f"{name} is {len(text):,} characters, over the {MAX_YAML_BYTES:,} a params file may hold")
-    try:
-        value = YAML(typ="safe").load(text)
-    except RecursionError:
-        raise ParamsError(_too_deep(name)) from None
-    _check_bounds(value, name)
-    return value
-
-
-def _too_deep(name: str) -> str:
-    return f"{name} nests deeper than {MAX_YAML_DEPTH} levels; a params file needs a few: flatten it"
-
-
-def _check_bounds(value: Any, name: str) -> None:
-    """Count every value as a reader would see it (an alias's target once per use)."""
-    pending, seen = [(value, 1)], 0
-    while pending:
-        node, depth = pending.pop()
-        seen += 1
-        if seen > MAX_YAML_VALUES:
-            raise ParamsError(
-                f"{name} expands to more than {MAX_YAML_VALUES:,} values (anchors and aliases that repeat each "
-                f"other?); a params file holds a few hundred: write the values out"
-            )
-        if depth > MAX_YAML_DEPTH:
-            raise ParamsError(_too_deep(name))
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
-        pending.extend((child, depth + 1) for child in children)
 
 
 def minimum_train_images(num_classes: int, val_fraction: float) -> int:

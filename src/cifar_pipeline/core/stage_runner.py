@@ -12,7 +12,8 @@ from typing import Any
 from cifar_pipeline.core.errors import PipelineError, redact
 from cifar_pipeline.core.files import check_replaceable, on_commit
 from cifar_pipeline.core.interrupts import catch_interrupts
-from cifar_pipeline.core.params import DEFAULT_PATH, Params, flatten, load_params, read_yaml
+from cifar_pipeline.core.params import DEFAULT_PATH, Params, flatten, load_params
+from cifar_pipeline.core.yaml_reader import read_yaml
 
 DVC_YAML = Path("dvc.yaml")
 
