@@ -215,7 +215,7 @@ def test_params_are_read_with_the_yaml_rules_dvc_uses(tmp_path):
 def test_model_weights_estimate_matches_keras(change):
     import dataclasses
 
-    from cifar_pipeline.core.params import model_weights
+    from cifar_pipeline.core.model_size import model_weights
     from cifar_pipeline.data.channel_stats import ChannelStats
     from cifar_pipeline.training.model import build_classifier
 

@@ -5,132 +5,45 @@ value stops the pipeline with one message naming the key and what is allowed, in
 of surfacing as a shape error an hour into training. Every key must be present:
 `params.yaml` is the single source of truth, and DVC tracks exactly those keys.
 
-Each field declares how it is read (`read=` in its metadata: a type with its range or
+Each field declares how it is read (a reader from `param_readers`: a type with its range or
 choices); a nested dataclass is a section; rules between fields are named functions in
 `RULES`, run once the section's fields are read.
 """
 
 from __future__ import annotations
 
-import difflib
-import re
-import typing
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAMLError as _YAMLError
 
 from cifar_pipeline.core.datasets import SPECS
-from cifar_pipeline.core.errors import PipelineError
+from cifar_pipeline.core.model_size import model_weights
+from cifar_pipeline.core.param_readers import (
+    ParamsError,
+    auto_or_bool,
+    boolean,
+    choice,
+    declared,
+    did_you_mean,
+    fail,
+    fraction,
+    integer,
+    list_of,
+    mapping,
+    md5,
+    number,
+    optional,
+    read_section,
+    text,
+)
 from cifar_pipeline.core.yaml_reader import YamlTooBig, read_yaml
 
 DEFAULT_PATH = Path("params.yaml")
 MAX_SEED = 2**32 - 1  # NumPy's legacy seeding, which Keras uses, takes 32 bits
 MAX_MODEL_WEIGHTS = 100_000_000  # a 100 M-weight model needs ~1.6 GB with Adam's state
-
-
-class ParamsError(PipelineError, ValueError):
-    """params.yaml is unreadable or holds a key or value the pipeline cannot use."""
-
-
-def _fail(where: str, problem: str) -> typing.NoReturn:
-    raise ParamsError(f"params.yaml: {where} {problem}")
-
-
-def _did_you_mean(key: Any, allowed: Any, prefix: str = "") -> str:
-    close = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1, cutoff=0.6)
-    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-
-
-# --- readers: what a field's value may be -------------------------------------------------
-
-Reader = Callable[[Any, str], Any]  # (value, dotted key) -> the parsed value, or ParamsError
-
-
-def integer(minimum: int | None = None, maximum: int | None = None) -> Reader:
-    def read(value: Any, where: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            _fail(where, f"must be an integer, got {value!r}")
-        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            bounds = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-            _fail(where, f"must be an integer {bounds}, got {value}")
-        return value
-
-    return read
-
-
-def number(allowed: Callable[[float], bool] = lambda x: True, text: str = "") -> Reader:
-    """A float; `allowed` its range, `text` that range in words ("> 0")."""
-
-    def read(value: Any, where: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            _fail(where, f"must be a number, got {value!r}")
-        if not allowed(float(value)):
-            _fail(where, f"must be {text}, got {float(value)}")
-        return float(value)
-
-    return read
-
-
-# Weight decay, momentum, label smoothing, warm-up share: a number in [0, 1).
-fraction = number(lambda x: 0.0 <= x < 1.0, "at least 0 and below 1")
-
-
-def choice(*allowed: str) -> Reader:
-    def read(value: Any, where: str) -> str:
-        if value not in allowed:
-            _fail(where, f"must be one of {list(allowed)}, got {value!r}{_did_you_mean(value, allowed)}")
-        return value
-
-    return read
-
-
-def boolean(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        _fail(where, f"must be true or false, got {value!r}")
-    return value
-
-
-def auto_or_bool(value: Any, where: str) -> str | bool:
-    if value == "auto" or isinstance(value, bool):
-        return value
-    _fail(where, f"must be auto, true or false, got {value!r}")
-
-
-def text(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        _fail(where, f"must be a non-empty string, got {value!r}")
-    return value.strip()
-
-
-def md5(value: Any, where: str) -> str:
-    digest = text(value, where).lower()
-    if not re.fullmatch(r"[0-9a-f]{32}", digest):
-        _fail(where, f"must be 32 hexadecimal digits, got {value!r}")
-    return digest
-
-
-def optional(read: Reader) -> Reader:
-    return lambda value, where: None if value is None else read(value, where)
-
-
-def list_of(read: Reader, kind: str, allow_empty: bool = False) -> Reader:
-    """A tuple of values each read by `read`, named `where[i]` in errors."""
-
-    def read_list(value: Any, where: str) -> tuple:
-        if not isinstance(value, list) or (not value and not allow_empty):
-            _fail(where, f"must be a {'' if allow_empty else 'non-empty '}list of {kind}, got {value!r}")
-        return tuple(read(item, f"{where}[{i}]") for i, item in enumerate(value))
-
-    return read_list
-
-
-def declared(read: Reader, default: Any = MISSING) -> Any:
-    """A dataclass field read by `read`; `default` only for code that builds the dataclass itself
-    (params.yaml must still hold the key)."""
-    return field(default=default, metadata={"read": read})
 
 
 # --- the declarations -------------------------------------------------------------------
@@ -233,7 +146,7 @@ class Params:
 
 def adam_has_no_weight_decay(train: TrainParams) -> None:
     if train.weight_decay and train.optimizer == "adam":
-        _fail(
+        fail(
             f"train.weight_decay is {train.weight_decay}, but",
             "adam has no decoupled weight decay; set train.optimizer to adamw (or sgd), or train.weight_decay to 0",
         )
@@ -241,7 +154,7 @@ def adam_has_no_weight_decay(train: TrainParams) -> None:
 
 def weight_averaging_averages(train: TrainParams) -> None:
     if train.ema_momentum == 0.0:
-        _fail(
+        fail(
             "train.ema_momentum is 0,",
             "which averages nothing; set null to train without weight averaging, or a momentum such as 0.99",
         )
@@ -249,12 +162,12 @@ def weight_averaging_averages(train: TrainParams) -> None:
 
 def boundaries_increase(schedule: ScheduleParams) -> None:
     if list(schedule.boundaries) != sorted(set(schedule.boundaries)):
-        _fail("train.lr_schedule.boundaries", f"must be strictly increasing, got {list(schedule.boundaries)}")
+        fail("train.lr_schedule.boundaries", f"must be strictly increasing, got {list(schedule.boundaries)}")
 
 
 def only_some_schedules_warm_up(schedule: ScheduleParams) -> None:
     if schedule.warmup_fraction and schedule.kind not in ("cosine", "triangular"):
-        _fail(
+        fail(
             f"train.lr_schedule.warmup_fraction is {schedule.warmup_fraction}, but",
             "only the cosine and triangular schedules warm up; set train.lr_schedule.kind to one of them, "
             "or warmup_fraction to 0",
@@ -263,12 +176,12 @@ def only_some_schedules_warm_up(schedule: ScheduleParams) -> None:
 
 def three_airbench_groups(model: ModelParams) -> None:
     if len(model.widths) != 3:
-        _fail("train.model.widths", f"must list the airbench network's 3 group widths, got {list(model.widths)}")
+        fail("train.model.widths", f"must list the airbench network's 3 group widths, got {list(model.widths)}")
 
 
 def blocks_fit_the_image(model: ModelParams) -> None:
     if len(model.filters) > 5:
-        _fail(
+        fail(
             f"train.model.filters has {len(model.filters)} blocks;",
             "at most 5 fit a 32x32 image (each block halves it)",
         )
@@ -276,12 +189,12 @@ def blocks_fit_the_image(model: ModelParams) -> None:
 
 def one_dropout_per_block(model: ModelParams) -> None:
     if len(model.dropouts) != len(model.filters):
-        _fail(
+        fail(
             "train.model.dropouts",
             f"must be a list with one rate per block ({len(model.filters)}), got {list(model.dropouts)!r}",
         )
     if any(not 0.0 <= rate < 1.0 for rate in model.dropouts):
-        _fail("train.model.dropouts", f"must each be in [0, 1), got {list(model.dropouts)}")
+        fail("train.model.dropouts", f"must each be in [0, 1), got {list(model.dropouts)}")
 
 
 RULES: dict[type, tuple[Callable[[Any], None], ...]] = {
@@ -289,44 +202,6 @@ RULES: dict[type, tuple[Callable[[Any], None], ...]] = {
     ScheduleParams: (boundaries_increase, only_some_schedules_warm_up),
     ModelParams: (three_airbench_groups, blocks_fit_the_image, one_dropout_per_block),
 }
-
-
-# --- reading ------------------------------------------------------------------------------
-
-
-def _mapping(value: Any, where: str, allowed: set[str], required: set[str] | None = None) -> dict[str, Any]:
-    label = where or "the top level"
-    if not isinstance(value, dict):
-        raise ParamsError(f"params.yaml: {label} must be a mapping of keys {sorted(allowed)}, got {value!r}")
-    prefix = f"{where}." if where else ""
-    for key in value:
-        if key not in allowed:
-            raise ParamsError(
-                f"params.yaml: unknown key '{prefix}{key}'{_did_you_mean(key, allowed, prefix)}; "
-                f"allowed keys in {label}: {sorted(allowed)}"
-            )
-    for key in sorted(allowed if required is None else required):
-        if key not in value:
-            raise ParamsError(f"params.yaml: missing key '{prefix}{key}'; add it (see the README's params table)")
-    return value
-
-
-def read_section(cls: type, value: Any, where: str, readers: dict[str, Reader] | None = None) -> Any:
-    """`cls` from the mapping `value`, each field by its declared reader (or `readers`' for this
-    use), each nested dataclass as a section, then `cls`'s rules."""
-    section = _mapping(value, where, {f.name for f in fields(cls)})
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for f in fields(cls):
-        key = f"{where}.{f.name}"
-        if is_dataclass(hints[f.name]):
-            values[f.name] = read_section(hints[f.name], section[f.name], key)
-        else:
-            values[f.name] = (readers or {}).get(f.name, f.metadata["read"])(section[f.name], key)
-    result = cls(**values)
-    for rule in RULES.get(cls, ()):
-        rule(result)
-    return result
 
 
 def _dataset_list(value: Any) -> tuple[str, ...]:
@@ -337,7 +212,7 @@ def _dataset_list(value: Any) -> tuple[str, ...]:
     for name in value:
         if name not in SPECS:
             raise ParamsError(
-                f"params.yaml: 'datasets' names unknown dataset {name!r}{_did_you_mean(name, SPECS)}; "
+                f"params.yaml: 'datasets' names unknown dataset {name!r}{did_you_mean(name, SPECS)}; "
                 f"allowed: {sorted(SPECS)}"
             )
     if len(set(value)) != len(value):
@@ -346,21 +221,21 @@ def _dataset_list(value: Any) -> tuple[str, ...]:
 
 
 def _data(value: Any, name: str) -> DataParams:
-    return read_section(DataParams, value, f"data.{name}", {"label_mode": choice(*SPECS[name].label_fields)})
+    return read_section(DataParams, value, f"data.{name}", RULES, {"label_mode": choice(*SPECS[name].label_fields)})
 
 
 def parse_params(raw: Any) -> Params:
-    top = _mapping(raw, "", {f.name for f in fields(Params)})
+    top = mapping(raw, "", {f.name for f in fields(Params)})
     datasets = _dataset_list(top["datasets"])
-    data_raw = _mapping(top["data"], "data", set(SPECS), required=set(datasets))
+    data_raw = mapping(top["data"], "data", set(SPECS), required=set(datasets))
     data = {name: _data(value, name) for name, value in data_raw.items()}
-    split = read_section(SplitParams, top["split"], "split")
-    train = read_section(TrainParams, top["train"], "train")
+    split = read_section(SplitParams, top["split"], "split", RULES)
+    train = read_section(TrainParams, top["train"], "train", RULES)
     for name in datasets:
         classes = SPECS[name].num_classes[data[name].label_mode]
         _check_subsample(split, name, classes)
         _check_model_size(train.model, classes)
-    register = read_section(RegisterParams, top["register"], "register")
+    register = read_section(RegisterParams, top["register"], "register", RULES)
     return Params(datasets=datasets, data=data, split=split, train=train, register=register)
 
 
@@ -402,32 +277,6 @@ def _check_subsample(split: SplitParams, dataset: str, num_classes: int) -> None
             f"({num_classes} classes) with split.val_fraction {split.val_fraction} needs at least {needed} "
             f"for one training and one validation image per class; raise it, or set it to null for all images"
         )
-
-
-def model_weights(model: ModelParams, num_classes: int) -> int:
-    """Weights (trainable and BatchNormalization's) of `model.build_classifier`, without building it."""
-    if model.kind == "airbench":
-        return airbench_weights(model, num_classes)
-    total, channels, side = 0, 3, 32
-    for filters in model.filters:
-        total += (9 * channels + 1) * filters + (9 * filters + 1) * filters + 2 * 4 * filters
-        channels, side = filters, side // 2
-    flat = side * side * channels
-    return total + (flat + 1) * model.dense_units + (model.dense_units + 1) * num_classes
-
-
-WHITENING_FILTERS = 24  # a 2x2x3 patch has 12 dimensions; each eigenvector and its negative
-
-
-def airbench_weights(model: ModelParams, num_classes: int) -> int:
-    """The bias-free patch-whitening convolution, three groups of two bias-free convs with their
-    BatchNormalization (4 weights a channel with a learned scale, 3 without), a bias-free head."""
-    per_bn = 4 if model.bn_scale else 3
-    total, channels = 12 * WHITENING_FILTERS, WHITENING_FILTERS
-    for width in model.widths:
-        total += 9 * channels * width + 9 * width * width + 2 * per_bn * width
-        channels = width
-    return total + channels * num_classes
 
 
 def _check_model_size(model: ModelParams, num_classes: int) -> None:

@@ -15,7 +15,8 @@ import numpy as np
 from keras import layers
 
 from cifar_pipeline.core.datasets import IMAGE_SHAPE
-from cifar_pipeline.core.params import WHITENING_FILTERS, ModelParams
+from cifar_pipeline.core.model_size import WHITENING_FILTERS
+from cifar_pipeline.core.params import ModelParams
 from cifar_pipeline.data.channel_stats import ChannelStats
 
 WHITENING_LAYER = "whiten"
