@@ -26,6 +26,7 @@ class Evaluation:
     accuracy: float
     top5_accuracy: float
     confusion: np.ndarray  # [actual, predicted] counts
+    labels: np.ndarray  # the actual class of each image, in order
     predictions: np.ndarray
 
     @property
@@ -66,6 +67,7 @@ def evaluate_probabilities(probabilities: np.ndarray, labels: np.ndarray) -> Eva
         accuracy=float(np.mean(predictions == labels)),
         top5_accuracy=top5,
         confusion=confusion,
+        labels=labels,
         predictions=predictions,
     )
 
@@ -101,7 +103,6 @@ def evaluate_model(
     MLflow 3's Models tab ranks by those, and the register stage reads them from there.
     """
     names = load_classes(split_dir).names
-    labels = load_part(split_dir, "test").labels
     # What `predict` loads: the same code, the same graph.
     result = score(load_model(model_dir), split_dir, str(model_dir))
     per_class = result.per_class(names)
@@ -132,7 +133,7 @@ def evaluate_model(
     write_csv(
         confusion_csv,
         ["actual", "predicted"],
-        zip([names[i] for i in labels], [names[i] for i in result.predictions], strict=True),
+        zip([names[i] for i in result.labels], [names[i] for i in result.predictions], strict=True),
     )
     write_csv(
         per_class_csv,

@@ -18,7 +18,7 @@ import tensorflow as tf
 from cifar_pipeline.core.errors import PipelineError
 from cifar_pipeline.core.files import atomic_dir, write_csv, write_json
 from cifar_pipeline.core.interrupts import interrupted
-from cifar_pipeline.core.layout import CLASSES_FILE, MODEL_FILE, RUN_FILE, Classes, Split, load_split
+from cifar_pipeline.core.layout import CLASSES_FILE, MODEL_FILE, RUN_FILE, Split, load_split
 from cifar_pipeline.core.metric_names import ACCURACY_KEYS, EPOCH_TIME, LEARNING_RATE, LOSS_KEYS, THROUGHPUT
 from cifar_pipeline.core.params import Params, TrainParams
 from cifar_pipeline.core.run_identity import recorded_params
@@ -184,10 +184,7 @@ class TrainingSetup:
     params: Params
     distribution: Distribution
     split: Split
-    classes: Classes
     stats: ChannelStats
-    train: tuple[np.ndarray, np.ndarray]
-    validation: tuple[np.ndarray, np.ndarray]
     policy: str
     checkpoints: Checkpoints
     saved: TrainingState | None  # the checkpoint this run resumes from
@@ -219,10 +216,7 @@ def prepare(dataset: str, params: Params, split_dir: Path, stats_json: Path, *, 
         )
     keras.utils.set_random_seed(settings.seed)
     split = load_split(split_dir)
-    classes = split.classes
     stats = ChannelStats.read(stats_json)
-    train = split.train.images, split.train.labels
-    validation = split.val.images, split.val.labels
     policy = precision_policy(settings.mixed_precision)
     keras.mixed_precision.set_global_policy(policy)
     run_fingerprint = fingerprint(dataset, params, split_dir, stats_json)
@@ -240,17 +234,14 @@ def prepare(dataset: str, params: Params, split_dir: Path, stats_json: Path, *, 
                 checkpoints.discard(str(err))
                 saved = None
         if classifier is None:
-            classifier = new_classifier(settings, len(classes.names), stats, train[0])
+            classifier = new_classifier(settings, len(split.classes.names), stats, split.train.images)
     distribution.prepare(classifier)
     return TrainingSetup(
         dataset=dataset,
         params=params,
         distribution=distribution,
         split=split,
-        classes=classes,
         stats=stats,
-        train=train,
-        validation=validation,
         policy=policy,
         checkpoints=checkpoints,
         saved=saved,
@@ -266,8 +257,8 @@ def fit(setup: TrainingSetup, initial_epoch: int = 0, callbacks: tuple[keras.cal
         fit_classifier(
             setup.classifier,
             setup.settings,
-            setup.train,
-            setup.validation,
+            (setup.split.train.images, setup.split.train.labels),
+            (setup.split.val.images, setup.split.val.labels),
             setup.stats,
             initial_epoch=initial_epoch,
             callbacks=[*distribution.callbacks(), *callbacks],
@@ -284,9 +275,9 @@ def run_params(setup: TrainingSetup) -> dict:
     params, classifier, distribution = setup.params, setup.classifier, setup.distribution
     return {
         **recorded_params(params, setup.dataset),
-        "num_classes": len(setup.classes.names),
-        "train_images": len(setup.train[0]),
-        "val_images": len(setup.validation[0]),
+        "num_classes": len(setup.split.classes.names),
+        "train_images": len(setup.split.train.images),
+        "val_images": len(setup.split.val.images),
         "model_parameters": classifier.count_params(),
         "resolved.dtype_policy": setup.policy,
         "resolved.jit_compile": bool(classifier.jit_compile),
@@ -345,12 +336,14 @@ def train(
     log the exported model, write the outputs; returns the MLflow run id."""
     setup = prepare(dataset, params, split_dir, stats_json, chief=True)
     with tracked_run(setup) as (run_id, state):
-        logger = EpochLogger(len(setup.train[0]), setup.checkpoints if setup.resumable else None, state)
+        logger = EpochLogger(len(setup.split.train.images), setup.checkpoints if setup.resumable else None, state)
         fit(setup, state.epochs_done, (logger,))
-        model = export_model(setup.classifier, setup.settings, setup.train, setup.stats)
+        train = setup.split.train
+        model = export_model(setup.classifier, setup.settings, (train.images, train.labels), setup.stats)
         mlflow.log_figure(training_curves(state.rows, f"{dataset}: training curves"), "plots/training_curves.png")
-        about = {"names": setup.classes.names, "dataset": dataset, "label_mode": setup.classes.label_mode}
-        model_uri = log_model(model, sample=setup.validation[0][:8], about=about)
+        classes = setup.split.classes
+        about = {"names": classes.names, "dataset": dataset, "label_mode": classes.label_mode}
+        model_uri = log_model(model, sample=setup.split.val.images[:8], about=about)
     write_outputs(
         model, {"run_id": run_id, "model_uri": model_uri}, about, state.rows, model_dir, loss_csv, accuracy_csv
     )
