@@ -10,12 +10,19 @@ import pytest
 from archives import build_archive
 from http_server import ArchiveServer, serve
 
+# pyproject.toml runs the suite on two pytest-xdist workers with `--dist loadscope`: each module
+# stays on one worker (the e2e modules share one project, in order) and modules are handed out
+# in collection order. Longest first, so no worker is left with a long module at the end.
+LONGEST_FIRST = ("test_pipeline_e2e.py", "test_team.py", "test_benchmarks.py", "test_distribution.py")
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every end-to-end test is slow too, so `-m "not slow"` is the quick loop without listing them."""
     for item in items:
         if item.get_closest_marker("e2e"):
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module keeps its order
 
 
 ARCHIVE_NAMES = {"cifar10": "cifar-10-binary.tar.gz", "cifar100": "cifar-100-binary.tar.gz"}

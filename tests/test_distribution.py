@@ -71,7 +71,7 @@ def test_mirrored_over_devices_that_do_not_divide_the_batch_trains_one_run_and_a
 
 
 def test_mirrored_training_killed_mid_way_resumes_the_same_run(project):
-    edit_params(project, lambda p: p["train"].update(epochs=20))
+    edit_params(project, lambda p: p["train"].update(epochs=8))
     _, before = runs(project)
     proc = start_training(project, 2, env=TWO_DEVICES)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -84,7 +84,7 @@ def test_mirrored_training_killed_mid_way_resumes_the_same_run(project):
     [resumed] = found[len(before) :]
     assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
     assert resumed.data.params["resolved.replicas"] == "2"
-    assert [m.step for m in client.get_metric_history(resumed.info.run_id, "loss")] == list(range(1, 21))
+    assert [m.step for m in client.get_metric_history(resumed.info.run_id, "loss")] == list(range(1, 9))
 
 
 def free_port() -> int:

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 
 # One dataset: the server sees no difference between them, and test_pipeline_e2e covers both.
 DATASETS = ("cifar10",)
-EPOCHS = 8
+EPOCHS = 4  # killed after 2: the rest cannot finish while the server is frozen
 # MLflow retries a failing server for minutes by default; the tests want the failure now.
 FAST_FAILURE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
 
@@ -138,7 +138,7 @@ def test_queued_experiments_log_to_the_server_and_travel_through_git(alice, team
     run(alice, "git", "commit", "-qm", "trained")
     run(alice, "git", "push", "-q", "origin", "main")
     run(alice, "dvc", "push", env=env)
-    names = ("team-a", "team-b")
+    names = ("team-a",)  # one: test_pipeline_e2e runs two queued at once
     for seed, name in enumerate(names, start=7):
         command = ("dvc", "exp", "run", "--queue", "--name", name, "-S", f"train.seed={seed}", "-S", "train.epochs=1")
         run(alice, *command, "register@cifar10")
@@ -146,14 +146,13 @@ def test_queued_experiments_log_to_the_server_and_travel_through_git(alice, team
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         status = run(alice, "dvc", "queue", "status").stdout
-        if (
-            sum(n in line and ("Success" in line or "Failed" in line) for n in names for line in status.splitlines())
-            == 2
-        ):
+        if sum(
+            n in line and ("Success" in line or "Failed" in line) for n in names for line in status.splitlines()
+        ) == len(names):
             break
         time.sleep(3)
     logs = "".join(run(alice, "dvc", "queue", "logs", n, check=False).stdout for n in names)
-    assert status.count("Success") >= 2, status + logs
+    assert status.count("Success") >= len(names), status + logs
     queued = {tags(r).get("dvc_experiment"): r for r in runs(team)}
     for name in names:
         assert queued[name]["info"]["status"] == "FINISHED" and steps(team, queued[name]["info"]["run_id"], "loss") == [
