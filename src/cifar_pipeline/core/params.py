@@ -12,7 +12,6 @@ choices); a nested dataclass is a section; rules between fields are named functi
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from cifar_pipeline.core.datasets import SPECS
 from cifar_pipeline.core.model_size import model_weights
 from cifar_pipeline.core.param_readers import (
     ParamsError,
+    Rules,
     auto_or_bool,
     boolean,
     choice,
@@ -197,7 +197,7 @@ def one_dropout_per_block(model: ModelParams) -> None:
         fail("train.model.dropouts", f"must each be in [0, 1), got {list(model.dropouts)}")
 
 
-RULES: dict[type, tuple[Callable[[Any], None], ...]] = {
+RULES: Rules = {
     TrainParams: (adam_has_no_weight_decay, weight_averaging_averages),
     ScheduleParams: (boundaries_increase, only_some_schedules_warm_up),
     ModelParams: (three_airbench_groups, blocks_fit_the_image, one_dropout_per_block),
