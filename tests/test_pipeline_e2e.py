@@ -303,9 +303,11 @@ def test_predict_prints_the_models_own_top5_for_every_kind_of_input(project, use
         for g, w in zip(got, want, strict=True):
             assert [c for c, _ in g] == [c for c, _ in w]
             np.testing.assert_allclose([p for _, p in g], [p for _, p in w], atol=1e-5)
-    _, table, _ = predict_here("models:/cifar10@champion", str(images))  # a folder: its three images
+    code, table, _ = predict_here("models:/cifar10@champion", str(images))  # a folder: its three images
+    assert code == 0
     assert table.splitlines()[0].startswith("input") and len(table.splitlines()) == 4 and "odd.png" in table
-    _, csv_out, _ = predict_here("models:/cifar10@champion", str(images / "odd.png"), "--format", "csv")
+    code, csv_out, _ = predict_here("models:/cifar10@champion", str(images / "odd.png"), "--format", "csv")
+    assert code == 0
     assert csv_out.splitlines()[0] == "input,rank,class,probability" and len(csv_out.splitlines()) == 6
 
 
@@ -566,16 +568,16 @@ def test_two_queued_experiments_run_in_parallel_into_the_project_store(project):
     assert status.count("Success") >= len(names), status + logs
     found = runs_by_dataset(path)
     assert not [r for r in found["cifar100"] if r.data.tags.get("dvc_experiment") in names]
-    for d in ("cifar10",):
-        for name in names:
-            queued = [r for r in found[d] if r.data.tags.get("dvc_experiment") == name]
-            assert len(queued) == 1, (d, name)
-            r = queued[0]
-            assert r.info.run_name == f"{d}-{name}" and r.info.status == "FINISHED"
-            assert set(TEST_METRICS) <= set(r.data.metrics)
-            assert len(client(path).get_metric_history(r.info.run_id, "loss")) == 1
-            # artifacts live under the project root, not in the deleted temporary copy
-            assert r.info.artifact_uri.startswith(((path / "mlruns").as_uri(), str(path / "mlruns")))
+    d = "cifar10"
+    for name in names:
+        queued = [r for r in found[d] if r.data.tags.get("dvc_experiment") == name]
+        assert len(queued) == 1, (d, name)
+        r = queued[0]
+        assert r.info.run_name == f"{d}-{name}" and r.info.status == "FINISHED"
+        assert set(TEST_METRICS) <= set(r.data.metrics)
+        assert len(client(path).get_metric_history(r.info.run_id, "loss")) == 1
+        # artifacts live under the project root, not in the deleted temporary copy
+        assert r.info.artifact_uri.startswith(((path / "mlruns").as_uri(), str(path / "mlruns")))
 
 
 # The README's fast network at test size: every trick on, test-time views that shift and mirror.
@@ -606,28 +608,28 @@ def test_the_fast_network_is_registered_predicted_and_served_with_its_registered
     output = run(path, "dvc", "exp", "run", *overrides, "register@cifar100").stdout
     assert {f"{s}@cifar100" for s in ("train", "evaluate", "register")} <= set(stages_run(output))
     c = client(path)
-    for d in ("cifar100",):
-        record = json.loads((path / f"registry/{d}.json").read_text())
-        version = c.get_model_version(record["registered_model"], str(record["version"]))
-        run_data = c.get_run(version.run_id).data
-        assert run_data.params["train.model.kind"] == "airbench" and run_data.params["train.ema_momentum"] == "0.9"
-        registered = float(version.tags["test_accuracy"])
-        assert registered == pytest.approx(json.loads((path / f"metrics/{d}.json").read_text())["test_accuracy"])
-        images = np.load(path / f"data/split/{d}/test_images.npy")
-        labels = np.load(path / f"data/split/{d}/test_labels.npy")
-        uri = f"models:/{record['registered_model']}/{record['version']}"
-        pyfunc = np.asarray(mlflow.pyfunc.load_model(uri).predict(images))
-        assert float(np.mean(pyfunc.argmax(axis=1) == labels)) == pytest.approx(registered)
-        model = keras.models.load_model(path / f"models/{d}/model.keras")
-        assert model.layers[-1].name == "mean_over_views"  # the saved, logged and served graph averages 6 views
-        np.testing.assert_allclose(pyfunc, model.predict(images, verbose=0), atol=1e-5)
-        np.save(user_inputs / f"{d}-test.npy", images)
-        code, printed, _ = predict_here(uri, str(user_inputs / f"{d}-test.npy"), "--format", "json")
-        assert code == 0
-        out = json.loads(printed)
-        top1 = np.array([row["top5"][0]["class"] for row in out])
-        names = np.array(json.loads((path / f"models/{d}/classes.json").read_text())["names"])
-        assert float(np.mean(top1 == names[labels])) == pytest.approx(registered)
+    d = "cifar100"
+    record = json.loads((path / f"registry/{d}.json").read_text())
+    version = c.get_model_version(record["registered_model"], str(record["version"]))
+    run_data = c.get_run(version.run_id).data
+    assert run_data.params["train.model.kind"] == "airbench" and run_data.params["train.ema_momentum"] == "0.9"
+    registered = float(version.tags["test_accuracy"])
+    assert registered == pytest.approx(json.loads((path / f"metrics/{d}.json").read_text())["test_accuracy"])
+    images = np.load(path / f"data/split/{d}/test_images.npy")
+    labels = np.load(path / f"data/split/{d}/test_labels.npy")
+    uri = f"models:/{record['registered_model']}/{record['version']}"
+    pyfunc = np.asarray(mlflow.pyfunc.load_model(uri).predict(images))
+    assert float(np.mean(pyfunc.argmax(axis=1) == labels)) == pytest.approx(registered)
+    model = keras.models.load_model(path / f"models/{d}/model.keras")
+    assert model.layers[-1].name == "mean_over_views"  # the saved, logged and served graph averages 6 views
+    np.testing.assert_allclose(pyfunc, model.predict(images, verbose=0), atol=1e-5)
+    np.save(user_inputs / f"{d}-test.npy", images)
+    code, printed, _ = predict_here(uri, str(user_inputs / f"{d}-test.npy"), "--format", "json")
+    assert code == 0
+    out = json.loads(printed)
+    top1 = np.array([row["top5"][0]["class"] for row in out])
+    names = np.array(json.loads((path / f"models/{d}/classes.json").read_text())["names"])
+    assert float(np.mean(top1 == names[labels])) == pytest.approx(registered)
     # The README's `mlflow models serve` line, by alias, and a request as the README's curl sends it.
     with served(path, f"models:/{record['registered_model']}@newest") as url:
         np.testing.assert_allclose(served_predictions(url, images[:4]), pyfunc[:4], atol=1e-5)
