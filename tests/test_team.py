@@ -201,13 +201,14 @@ def test_a_wrong_password_is_one_line_and_writes_nothing(alice, team):
 
 
 @pytest.mark.parametrize(
-    ("what", "message"),
+    ("what", "messages"),
     [
-        ("mlflow", "failed (connection refused: it is not running"),
-        ("postgres", "failed (it answered HTTP 503 to every retry"),
+        # killed while it holds the stage's request (reset) or between two requests (refused)
+        ("mlflow", ("failed (connection refused: it is not running", "failed (it dropped the connection mid-request")),
+        ("postgres", ("failed (it answered HTTP 503 to every retry",)),
     ],
 )
-def test_a_server_failing_mid_run_is_one_line_and_the_next_repro_resumes(alice, team, what, message):
+def test_a_server_failing_mid_run_is_one_line_and_the_next_repro_resumes(alice, team, what, messages):
     epochs = 6 if what == "mlflow" else 7  # a new run each
     edit_params(alice, lambda p: p["train"].update(epochs=epochs))
     env = as_user(team, "alice")
@@ -225,7 +226,7 @@ def test_a_server_failing_mid_run_is_one_line_and_the_next_repro_resumes(alice, 
         team.start_mlflow() if what == "mlflow" else team.postgres.start()
     assert proc.returncode != 0, output
     [line] = error_lines(output)
-    assert message in line and "run `dvc repro` again" in line, line
+    assert any(m in line for m in messages) and "run `dvc repro` again" in line, line
     assert "Traceback" not in output
     assert not (alice / "models/cifar10").exists()
 

@@ -126,6 +126,14 @@ def http_error(status: int) -> requests.HTTPError:
             MlflowException('... (Caused by NewConnectionError("... [Errno 111] Connection refused"))'),
             "failed (connection refused: it is not running",
         ),
+        (  # the server died holding this request (seen in test_team: killed while frozen)
+            MlflowException(
+                "API request to .../runs/log-batch failed with exception HTTPConnectionPool(host='127.0.0.1', "
+                "port=5999): Max retries exceeded (Caused by ProtocolError('Connection aborted.', "
+                "ConnectionResetError(104, 'Connection reset by peer')))"
+            ),
+            "failed (it dropped the connection mid-request: it stopped or restarted)",
+        ),
     ],
 )
 def test_a_server_failure_is_one_line_that_says_what_to_do(monkeypatch, err, expected):

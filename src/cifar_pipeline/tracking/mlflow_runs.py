@@ -150,6 +150,9 @@ def _reason(err: BaseException) -> str:
         return "its host name does not resolve: check the host in the URI"
     if "Connection refused" in text or "NewConnectionError" in text:
         return "connection refused: it is not running or not at this address"
+    # A server that dies while it holds a request resets that connection instead of refusing it.
+    if "Connection reset" in text or "Connection aborted" in text or "RemoteDisconnected" in text:
+        return "it dropped the connection mid-request: it stopped or restarted"
     if "timed out" in text.lower() or "Timeout" in text:
         return "no answer in time (MLFLOW_HTTP_REQUEST_TIMEOUT)"
     return first_line(err)
