@@ -171,6 +171,7 @@ class TeamServers:
             f"database_uri = {self.postgres.uri('mlflow_auth')}\n"
             "admin_username = admin\n"
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            "auth_cache_ttl_seconds = 60\n"
         )
         server_env = (
             env
