@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,31 +43,18 @@ TARGETS = {
 
 
 def machine() -> dict:
+    """What ran the numbers; the GPU count comes later, from the first training run's process
+    (asking TensorFlow here would cost a process that imports it, for one number)."""
     cpu = cpuinfo_value(("model name",)) or platform.processor()
     simd = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags()]
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    versions = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import tensorflow as tf, keras, mlflow; "
-            "print(tf.__version__, keras.__version__, mlflow.__version__, len(tf.config.list_physical_devices('GPU')))",
-        ],
-        capture_output=True,
-        text=True,
-        env=environment(),
-        check=True,
-    ).stdout.split()
     return {
         "cpu": cpu,
         "simd": simd,
         "cores": os.cpu_count(),
         "memory_gib": round(memory, 1),
         "python": platform.python_version(),
-        "tensorflow": versions[0],
-        "keras": versions[1],
-        "mlflow": versions[2],
-        "gpus": int(versions[3]),
+        **{package: metadata.version(package) for package in ("tensorflow", "keras", "mlflow")},
     }
 
 
@@ -124,7 +112,8 @@ def train_speed(size: dict) -> list[dict]:
     ]
     if size is SMOKE:  # the code paths, not the comparisons: both networks and the baseline only
         configs = [configs[0], configs[1], configs[-1]]
-    warm_up(2 if size is SMOKE else 20)
+    if size is not SMOKE:  # a smoke run measures nothing worth a warm CPU
+        warm_up(20)
     results = []
     for name, config, env in configs:
         print(f"  training speed: {name} ...", flush=True)
@@ -298,6 +287,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cifar-bench-") as tmp:
         work = Path(tmp)
         save("training", train_speed(size))
+        results["machine"]["gpus"] = results["training"][0]["gpus"]
         (work / "data").mkdir()
         save("data_stages", data_stages(size, work / "data"))
         (work / "dvc").mkdir()

@@ -160,6 +160,7 @@ def main() -> None:
         "config": config,
         "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
         "dtype_policy": keras.mixed_precision.global_policy().name,
+        "gpus": len(tf.config.list_physical_devices("GPU")),
         "jit_compile": bool(model.jit_compile),
         "steady_img_s": steady,
         "epoch_wall_img_s": epoch_wall,
