@@ -74,6 +74,11 @@ class Part:
     labels: np.ndarray
     indices: np.ndarray
 
+    @property
+    def examples(self) -> tuple[np.ndarray, np.ndarray]:
+        """(images, labels), the pair Keras fits on and `fit_classifier`/`export_model` take."""
+        return self.images, self.labels
+
 
 @dataclass(frozen=True)
 class Split:

@@ -257,8 +257,8 @@ def fit(setup: TrainingSetup, initial_epoch: int = 0, callbacks: tuple[keras.cal
         fit_classifier(
             setup.classifier,
             setup.settings,
-            (setup.split.train.images, setup.split.train.labels),
-            (setup.split.val.images, setup.split.val.labels),
+            setup.split.train.examples,
+            setup.split.val.examples,
             setup.stats,
             initial_epoch=initial_epoch,
             callbacks=[*distribution.callbacks(), *callbacks],
@@ -338,8 +338,7 @@ def train(
     with tracked_run(setup) as (run_id, state):
         logger = EpochLogger(len(setup.split.train.images), setup.checkpoints if setup.resumable else None, state)
         fit(setup, state.epochs_done, (logger,))
-        train = setup.split.train
-        model = export_model(setup.classifier, setup.settings, (train.images, train.labels), setup.stats)
+        model = export_model(setup.classifier, setup.settings, setup.split.train.examples, setup.stats)
         mlflow.log_figure(training_curves(state.rows, f"{dataset}: training curves"), "plots/training_curves.png")
         classes = setup.split.classes
         about = {"names": classes.names, "dataset": dataset, "label_mode": classes.label_mode}
