@@ -88,6 +88,25 @@ def stages_run(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
 
 
+def run_queue(path: Path, names: tuple[str, ...], env: dict[str, str] | None = None) -> None:
+    """`dvc queue start -j 2`, then wait (10 minutes at most) until every experiment in `names` has
+    ended, and assert each succeeded (the queue's status and their logs in the failure)."""
+    run(path, "dvc", "queue", "start", "-j", "2", env=env)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = run(path, "dvc", "queue", "status").stdout
+        ended = [
+            line
+            for line in status.splitlines()
+            if any(n in line for n in names) and ("Success" in line or "Failed" in line)
+        ]
+        if len(ended) == len(names):
+            break
+        time.sleep(3)
+    logs = "".join(run(path, "dvc", "queue", "logs", name, check=False).stdout for name in names)
+    assert status.count("Success") >= len(names), status + logs
+
+
 def start_training(path: Path, epochs_done: int, env: dict[str, str] | None = None) -> subprocess.Popen:
     """`dvc repro train@cifar10` in its own process group, returned once a checkpoint has `epochs_done` epochs."""
     proc = subprocess.Popen(

@@ -26,7 +26,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from archives import build_archive
-from project import create, edit_params, environment, run, stages_run, start_training
+from project import create, edit_params, environment, run, run_queue, stages_run, start_training
 
 pytestmark = pytest.mark.e2e
 
@@ -552,20 +552,7 @@ def test_two_queued_experiments_run_in_parallel_into_the_project_store(project):
     for seed, name in enumerate(names, start=7):
         command = ("dvc", "exp", "run", "--queue", "-S", f"train.seed={seed}", "-S", "train.epochs=1", "--name", name)
         run(path, *command, "register@cifar10")  # one dataset: what is queued does not depend on it
-    run(path, "dvc", "queue", "start", "-j", "2")
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        status = run(path, "dvc", "queue", "status").stdout
-        finished = [
-            line
-            for line in status.splitlines()
-            if any(n in line for n in names) and ("Success" in line or "Failed" in line)
-        ]
-        if len(finished) == len(names):
-            break
-        time.sleep(3)
-    logs = "".join(run(path, "dvc", "queue", "logs", name, check=False).stdout for name in names)
-    assert status.count("Success") >= len(names), status + logs
+    run_queue(path, names)
     found = runs_by_dataset(path)
     assert not [r for r in found["cifar100"] if r.data.tags.get("dvc_experiment") in names]
     d = "cifar10"

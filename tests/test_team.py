@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 import urllib.error
 from pathlib import Path
 
 import pytest
 
-from project import create, edit_params, run, stages_run, start_training
+from project import create, edit_params, run, run_queue, stages_run, start_training
 from team_servers import S3_KEYS, TeamServers, request
 
 pytestmark = pytest.mark.e2e
@@ -142,17 +141,7 @@ def test_queued_experiments_log_to_the_server_and_travel_through_git(alice, team
     for seed, name in enumerate(names, start=7):
         command = ("dvc", "exp", "run", "--queue", "--name", name, "-S", f"train.seed={seed}", "-S", "train.epochs=1")
         run(alice, *command, "register@cifar10")
-    run(alice, "dvc", "queue", "start", "-j", "2", env=env)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        status = run(alice, "dvc", "queue", "status").stdout
-        if sum(
-            n in line and ("Success" in line or "Failed" in line) for n in names for line in status.splitlines()
-        ) == len(names):
-            break
-        time.sleep(3)
-    logs = "".join(run(alice, "dvc", "queue", "logs", n, check=False).stdout for n in names)
-    assert status.count("Success") >= len(names), status + logs
+    run_queue(alice, names, env=env)
     queued = {tags(r).get("dvc_experiment"): r for r in runs(team)}
     for name in names:
         assert queued[name]["info"]["status"] == "FINISHED" and steps(team, queued[name]["info"]["run_id"], "loss") == [
