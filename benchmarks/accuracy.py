@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from cifar_pipeline.core.datasets import CIFAR10  # noqa: E402
+from cifar_pipeline.core.datasets import CIFAR10, DatasetSpec  # noqa: E402
 from cifar_pipeline.core.files import save_arrays, write_json  # noqa: E402
 from cifar_pipeline.data.archive import read_archive  # noqa: E402
 from cifar_pipeline.data.channel_stats import normalize_dataset  # noqa: E402
@@ -37,7 +37,7 @@ from cifar_pipeline.data.split import train_val_split  # noqa: E402
 from cifar_pipeline.training.hardware import cpu_flags, cpuinfo_value  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from recipes import FAST_NETWORK, FAST_RECIPE  # noqa: E402
+from recipes import SEED_NETWORK_TUNED  # noqa: E402
 
 SAMPLE = ROOT.parent / "shared" / "data" / "cifar-10-sample-binary.tar.gz"
 SPLIT_SEED = 42  # params.yaml's split.seed: every contender sees the same images
@@ -47,15 +47,15 @@ STEP_SCHEDULE = ["train.lr_schedule.kind=step", "train.lr_schedule.warmup_fracti
 
 CONTENDERS: dict[str, dict] = {
     "seed port (literal)": {"contender": "seed_port"},
-    "seed network, defaults": {"contender": "pipeline", "against": "seed port (literal)"},
+    "seed network, defaults": {"contender": "pipeline", "overrides": ["recipe=seed"], "against": "seed port (literal)"},
     "seed network, fast recipe": {
         "contender": "pipeline",
-        "overrides": FAST_RECIPE,
+        "overrides": SEED_NETWORK_TUNED,
         "against": "seed network, defaults",
     },
     "fast network (airbench)": {
         "contender": "pipeline",
-        "overrides": FAST_NETWORK,
+        "overrides": ["recipe=fast"],
         "against": "seed network, fast recipe",
     },
 }
@@ -103,11 +103,18 @@ def machine() -> dict:
     }
 
 
-def prepare(archive: Path, out: Path, max_train: int | None, max_test: int | None) -> dict:
+def prepare(
+    archive: Path,
+    out: Path,
+    max_train: int | None,
+    max_test: int | None,
+    spec: DatasetSpec = CIFAR10,
+    label_mode: str = "label",
+) -> dict:
     """The split and normalize stages' outputs for `archive`, in one folder the runs share."""
     out.mkdir(parents=True)
-    raw = read_archive(archive, CIFAR10)
-    labels = raw.train_labels["label"]
+    raw = read_archive(archive, spec)
+    labels = raw.train_labels[label_mode]
     train_idx, val_idx = train_val_split(labels, VAL_FRACTION, SPLIT_SEED, max_train)
     test_idx = slice(None) if max_test is None else slice(0, max_test)
     save_arrays(
@@ -117,11 +124,11 @@ def prepare(archive: Path, out: Path, max_train: int | None, max_test: int | Non
         val_images=raw.train_images[val_idx],
         val_labels=labels[val_idx],
         test_images=raw.test_images[test_idx],
-        test_labels=raw.test_labels["label"][test_idx],
+        test_labels=raw.test_labels[label_mode][test_idx],
     )
-    write_json(out / "classes.json", {"label_mode": "label", "names": raw.class_names["label"]})
+    write_json(out / "classes.json", {"label_mode": label_mode, "names": raw.class_names[label_mode]})
     normalize_dataset(out, out / "stats.json")
-    return {"train": len(train_idx), "val": len(val_idx), "test": len(raw.test_labels["label"][test_idx])}
+    return {"train": len(train_idx), "val": len(val_idx), "test": len(raw.test_labels[label_mode][test_idx])}
 
 
 def run_one(name: str, config: dict, log) -> dict:

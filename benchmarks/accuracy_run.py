@@ -4,7 +4,9 @@ Usage: python benchmarks/accuracy_run.py CONFIG_JSON  -> prints one `RESULT {jso
 CONFIG keys: data (a split folder as the split+normalize stages write it), contender
 ("pipeline" | "seed_port"), seed, epochs, overrides (dotted `key=value` strings applied
 to params.yaml, as `dvc exp run -S` does; pipeline only), port (SeedPortOptions fields),
-validation_only (pipeline only: skip the test set, for choosing recipes).
+validation_only (pipeline only: skip the test set, for choosing recipes), budget_s (stop
+after the last epoch that fits this many seconds of training: the same wall-clock budget for
+every contender). `epochs` may be left out for a pipeline contender: its recipe's then.
 """
 
 from __future__ import annotations
@@ -22,18 +24,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar_pipeline  # noqa: F401  first: it sets TF's env defaults before TF is imported, as in the train stage
 import keras
 import numpy as np
-import yaml
 
 # isort: on
 from cifar_pipeline.core.files import load_array, read_json
-from cifar_pipeline.core.params import parse_params
+from cifar_pipeline.core.params import flatten
 from cifar_pipeline.data.channel_stats import ChannelStats
 from cifar_pipeline.inference.evaluation import evaluate_probabilities
 from cifar_pipeline.training.hardware import precision_policy
 from cifar_pipeline.training.model import exportable
 from cifar_pipeline.training.trainer import export_model, fit_classifier, new_classifier
 from cifar_pipeline.training.views import VIEWS, with_test_views
-from recipes import apply_overrides
+from recipes import train_settings
 from seed_port import SeedPortOptions, train_seed_port
 from train_speed import forward_flops
 
@@ -41,15 +42,27 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class EpochClock(keras.callbacks.Callback):
-    def __init__(self) -> None:
+    """Each epoch's wall seconds and the process's CPU seconds (all threads): on a shared
+    machine the second shows how much of the wall time the run really had."""
+
+    def __init__(self, budget_s: float | None = None) -> None:
         super().__init__()
         self.seconds: list[float] = []
+        self.cpu_seconds: list[float] = []
+        self.budget_s = budget_s
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
+        self._cpu = time.process_time()
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.perf_counter() - self._start)
+        self.cpu_seconds.append(time.process_time() - self._cpu)
+        # Stop before an epoch that would end past the budget (judged by the mean epoch so far).
+        if self.budget_s is not None:
+            spent = sum(self.seconds)
+            if spent + spent / len(self.seconds) > self.budget_s:
+                self.model.stop_training = True
 
 
 def accuracy(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> float:
@@ -57,9 +70,8 @@ def accuracy(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> floa
 
 
 def run_pipeline(config: dict, split: Path, clock: EpochClock) -> tuple[dict, np.ndarray | None, str, dict]:
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    overrides = [*config.get("overrides", []), f"train.epochs={config['epochs']}", f"train.seed={config['seed']}"]
-    settings = parse_params(apply_overrides(raw, overrides)).train
+    epochs = [f"train.epochs={config['epochs']}"] if config.get("epochs") else []
+    settings = train_settings([*config.get("overrides", []), *epochs, f"train.seed={config['seed']}"])
     keras.utils.set_random_seed(settings.seed)
     policy = precision_policy(settings.mixed_precision)
     keras.mixed_precision.set_global_policy(policy)
@@ -79,6 +91,7 @@ def run_pipeline(config: dict, split: Path, clock: EpochClock) -> tuple[dict, np
     exported = {f"val_accuracy_views_{views}": accuracy(with_test_views(plain, views), *validation) for views in VIEWS}
     exported["forward_flops"] = forward_flops(classifier)
     exported["test_views"] = len(VIEWS[settings.model.test_views])
+    exported["train_params"] = flatten(settings)
     if settings.ema_momentum:
         exported["val_accuracy_stale_batchnorm"] = accuracy(exportable(classifier), *validation)
     if config.get("validation_only"):
@@ -105,7 +118,7 @@ def run_seed_port(config: dict, split: Path, clock: EpochClock) -> tuple[dict, n
 def main() -> None:
     config = json.loads(sys.argv[1])
     split = Path(config["data"])
-    clock = EpochClock()
+    clock = EpochClock(config.get("budget_s"))
     start = time.perf_counter()
     runner = run_pipeline if config["contender"] == "pipeline" else run_seed_port
     history, probabilities, policy, exported = runner(config, split, clock)
@@ -126,6 +139,7 @@ def main() -> None:
         **exported,
         "history": history,
         "epoch_seconds": clock.seconds,
+        "epoch_cpu_seconds": clock.cpu_seconds,
         "train_images": len(load_array(split, "train_labels")),
         "wall_s": wall,
     }

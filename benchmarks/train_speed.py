@@ -27,22 +27,17 @@ import numpy as np
 import tensorflow as tf
 
 # isort: on
-from cifar_pipeline.core.params import parse_params
-from cifar_pipeline.core.yaml_reader import read_yaml
 from cifar_pipeline.data.channel_stats import ChannelStats
 from cifar_pipeline.training.hardware import precision_policy
 from cifar_pipeline.training.input_pipeline import steps_per_epoch, training_dataset
 from cifar_pipeline.training.model import build_classifier, set_whitening
 from cifar_pipeline.training.recipe import compile_classifier
-from recipes import FAST_NETWORK, apply_overrides
-
-PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+from recipes import train_settings
 
 
 def settings(network: str):
-    """The project's params.yaml train section (the seed recipe), or with the fast network's overrides."""
-    raw = read_yaml(PARAMS.read_text())
-    return parse_params(apply_overrides(raw, FAST_NETWORK) if network == "fast" else raw).train
+    """The seed network or the fast one, each with its named recipe from recipes.yaml."""
+    return train_settings([f"recipe={'fast' if network == 'fast' else 'seed'}"])
 
 
 def forward_flops(model) -> float:

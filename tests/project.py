@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["dvc.yaml", "params.yaml", ".gitignore", "stages", "src"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "recipes.yaml", ".gitignore", "stages", "src"]
 TINY_TRAIN = {
     "epochs": 2,
     "batch_size": 32,
@@ -47,11 +47,14 @@ def run(
     return result
 
 
-def create(dest: Path, data: dict[str, dict], code: Path = ROOT, train: dict | None = None) -> Path:
+def create(
+    dest: Path, data: dict[str, dict], code: Path = ROOT, train: dict | None = None, recipe: str = "seed"
+) -> Path:
     """Copy the project at `code`, point each dataset at `data[name]` ({url, md5}), shrink training.
 
     `train` replaces the tiny training settings (benchmarks train the real model); a
-    mapping in it (`model`, say) updates that section of params.yaml key by key.
+    mapping in it (`model`, say) updates that section of params.yaml key by key. The tiny
+    settings shrink the seed network, so `recipe` is the seed's unless a caller says otherwise.
     """
     dest.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
@@ -62,6 +65,8 @@ def create(dest: Path, data: dict[str, dict], code: Path = ROOT, train: dict | N
             shutil.copy2(source, dest / name)
 
     def shrink(params: dict) -> None:
+        if "recipe" in params:  # a checkout from before named recipes (footprint's baseline) has none
+            params["recipe"] = recipe
         for name, values in data.items():
             params["data"][name].update(values)
         for key, value in (TINY_TRAIN if train is None else train).items():

@@ -5,7 +5,6 @@ never in tests.
 """
 
 import json
-import shlex
 import subprocess
 import sys
 
@@ -95,14 +94,27 @@ def test_screening_never_reads_the_test_set(tmp_path, archives):
     assert not (tmp_path / "results.json").exists()
 
 
-def test_readme_recipes_are_the_ones_the_benchmarks_measure():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from recipes import FAST_NETWORK, FAST_RECIPE
-
-    readme = (ROOT / "README.md").read_text()
-    for recipe in (FAST_RECIPE, FAST_NETWORK):
-        line = "dvc exp run " + " ".join(f"-S {shlex.quote(override)}" for override in recipe)
-        assert recipe and line in readme
+def test_full_scale_benchmark_gives_the_seed_contenders_the_fast_recipes_time_and_resumes(tmp_path, archives):
+    """CIFAR-100 (fine labels) at smoke size: the fast recipe for 1 epoch, then the seed recipe
+    stopped at the fast run's training time; a second call skips both; results.md has the tables."""
+    args = ("--dataset", "cifar100", "--archive", str(archives["cifar100"][0]), "--out", str(tmp_path))
+    first = run_benchmark("full_scale.py", *args, "--only", "fast", "seed", "--seeds", "1", "--epochs", "1")
+    runs = tmp_path / "cifar100" / "runs"
+    fast, seed = (json.loads((runs / f"{name}-seed1.json").read_text()) for name in ("fast", "seed"))
+    assert fast["train_params"]["model.kind"] == "airbench" and len(fast["epoch_seconds"]) == 1
+    assert seed["train_params"]["model.kind"] == "seed" and seed["config"]["budget_s"] == sum(fast["epoch_seconds"])
+    # Stopped by the budget: every epoch but the last was expected (by the mean so far) to end within it.
+    kept = seed["epoch_seconds"][:-1]
+    assert 1 <= len(seed["epoch_seconds"]) < 200
+    assert not kept or sum(kept) + sum(kept) / len(kept) <= seed["config"]["budget_s"]
+    assert fast["label_mode"] == "fine" and fast["images"] == {"train": 900, "val": 100, "test": 100}
+    assert all(len(r["epoch_cpu_seconds"]) == len(r["epoch_seconds"]) for r in (fast, seed))
+    assert "test accuracy" in first.stdout
+    again = run_benchmark("full_scale.py", *args, "--only", "fast", "seed", "--seeds", "1", "--epochs", "1")
+    assert again.stdout.count(": done (") == 2 and "test accuracy" not in again.stdout
+    report = (tmp_path / "results.md").read_text()
+    assert "## cifar100 (fine labels)" in report and "| fast recipe (its own epochs) | **" in report
+    assert "### Time to validation accuracy" in report and "val ≥ 0.94" in report
 
 
 def test_footprint_benchmark_smoke_run_measures_cache_memory_and_speed(tmp_path):

@@ -204,8 +204,9 @@ def test_flatten_gives_dotted_keys_with_lists():
 
 def test_params_are_read_with_the_yaml_rules_dvc_uses(tmp_path):
     """PyYAML (YAML 1.1) reads 1e-3 as a string; DVC (ruamel.yaml, YAML 1.2) as 0.001."""
-    text = PROJECT_PARAMS.read_text().replace("learning_rate: 0.005", "learning_rate: 1e-3")
+    text = PROJECT_PARAMS.read_text().replace("learning_rate: recipe", "learning_rate: 1e-3")
     (tmp_path / "params.yaml").write_text(text)
+    (tmp_path / "recipes.yaml").write_text((PROJECT_PARAMS.parent / "recipes.yaml").read_text())
     assert load_params(tmp_path / "params.yaml").train.learning_rate == 0.001
 
 

@@ -567,26 +567,20 @@ def test_two_queued_experiments_run_in_parallel_into_the_project_store(project):
         assert r.info.artifact_uri.startswith(((path / "mlruns").as_uri(), str(path / "mlruns")))
 
 
-# The README's fast network at test size: every trick on, test-time views that shift and mirror.
+# The fast recipe by name, at test size: its network with every trick on, test-time views that shift
+# and mirror; the test project's own train keys (epochs, batch size) override the recipe's.
 FAST_NETWORK = [
-    "train.model.kind=airbench",
+    "recipe=fast",
     "train.model.widths=[4,8,8]",
-    "train.model.bn_momentum=0.6",
-    "train.model.bn_scale=false",
     "train.model.test_views=flip_translate",
     "train.ema_momentum=0.9",
-    "train.optimizer=sgd",
-    "train.lr_schedule.kind=triangular",
-    "train.augment.fill=reflect",
-    "train.augment.shift=2",
-    "train.epochs=2",
 ]
 
 
 def test_the_fast_network_is_registered_predicted_and_served_with_its_registered_accuracy(
     project, user_inputs, predict_here
 ):
-    """`dvc exp run -S train.model.kind=airbench ...` through the same stages, for CIFAR-100 (coarse
+    """`dvc exp run -S recipe=fast ...` through the same stages, for CIFAR-100 (coarse
     labels by now; the stages share every line between the datasets): the test accuracy that
     register records is what the logged model, `cifar-predict` and `mlflow models serve` deliver,
     test-time views included."""
@@ -600,6 +594,8 @@ def test_the_fast_network_is_registered_predicted_and_served_with_its_registered
     version = c.get_model_version(record["registered_model"], str(record["version"]))
     run_data = c.get_run(version.run_id).data
     assert run_data.params["train.model.kind"] == "airbench" and run_data.params["train.ema_momentum"] == "0.9"
+    assert run_data.params["recipe"] == "fast" and "train.model.widths" in run_data.params["recipe.overrides"]
+    assert run_data.params["train.optimizer"] == "sgd" and run_data.params["train.epochs"] == "2"  # resolved values
     registered = float(version.tags["test_accuracy"])
     assert registered == pytest.approx(json.loads((path / f"metrics/{d}.json").read_text())["test_accuracy"])
     images = np.load(path / f"data/split/{d}/test_images.npy")

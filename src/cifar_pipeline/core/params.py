@@ -5,6 +5,11 @@ value stops the pipeline with one message naming the key and what is allowed, in
 of surfacing as a shape error an hour into training. Every key must be present:
 `params.yaml` is the single source of truth, and DVC tracks exactly those keys.
 
+A recipe (recipes.yaml) is a named, complete set of `train` values: `recipe` in params.yaml
+names one, and every train key whose value is the word `recipe` takes the recipe's value, so
+one word picks a recipe while any key written out still overrides it (and `dvc exp run -S
+train.epochs=12` finds the key it needs). What the stages see is the resolved values.
+
 Each field declares how it is read (a reader from `param_readers`: a type with its range or
 choices); a nested dataclass is a section; rules between fields are named functions in
 `RULES`, run once the section's fields are read.
@@ -42,6 +47,8 @@ from cifar_pipeline.core.param_readers import (
 from cifar_pipeline.core.yaml_reader import YamlTooBig, read_yaml
 
 DEFAULT_PATH = Path("params.yaml")
+RECIPES_FILE = "recipes.yaml"  # beside params.yaml
+FROM_RECIPE = "recipe"  # a train value that takes the chosen recipe's
 MAX_SEED = 2**32 - 1  # NumPy's legacy seeding, which Keras uses, takes 32 bits
 MAX_MODEL_WEIGHTS = 100_000_000  # a 100 M-weight model needs ~1.6 GB with Adam's state
 
@@ -126,11 +133,14 @@ class RegisterParams:
 
 @dataclass(frozen=True)
 class Params:
+    recipe: str
     datasets: tuple[str, ...]
     data: dict[str, DataParams]
     split: SplitParams
     train: TrainParams
     register: RegisterParams
+    # The train keys params.yaml sets itself instead of taking the recipe's (dotted, sorted).
+    recipe_overrides: tuple[str, ...] = ()
 
     def dataset(self, name: str) -> DataParams:
         if name not in self.datasets:
@@ -224,28 +234,101 @@ def _data(value: Any, name: str) -> DataParams:
     return read_section(DataParams, value, f"data.{name}", RULES, {"label_mode": choice(*SPECS[name].label_fields)})
 
 
-def parse_params(raw: Any) -> Params:
-    top = mapping(raw, "", {f.name for f in fields(Params)})
+def _recipe_name(value: Any, recipes: dict[str, Any]) -> str:
+    if value not in recipes:
+        raise ParamsError(
+            f"params.yaml: recipe {value!r} is not in {RECIPES_FILE}{did_you_mean(value, recipes)}; "
+            f"choose one of {sorted(recipes)}"
+        )
+    return value
+
+
+def resolve_recipe(train: Any, recipe: Any, name: str) -> tuple[Any, tuple[str, ...]]:
+    """params.yaml's train section with each `recipe` value replaced by the recipe's, and the
+    keys params.yaml sets itself where the recipe has a value (its overrides)."""
+    overrides: list[str] = []
+
+    def merge(ours: Any, theirs: Any, where: str) -> Any:
+        if not isinstance(ours, dict):
+            return ours
+        inside = name + where.removeprefix("train")  # the same place in recipes.yaml
+        if not isinstance(theirs, dict):
+            raise ParamsError(f"{RECIPES_FILE}: {inside} must be a mapping of keys like params.yaml's {where}")
+        for key in theirs:
+            if key not in ours:
+                raise ParamsError(
+                    f"{RECIPES_FILE}: {inside}.{key} is not a key of params.yaml's {where}"
+                    f"{did_you_mean(key, ours, f'{inside}.')}; fix the recipe, or add the key to params.yaml"
+                )
+        merged = {}
+        for key, value in ours.items():
+            dotted = f"{where}.{key}"
+            if value == FROM_RECIPE:
+                if key not in theirs:
+                    raise ParamsError(
+                        f"params.yaml: {dotted} is '{FROM_RECIPE}', but {RECIPES_FILE}'s {name!r} has no value for it; "
+                        f"write a value for {dotted} in params.yaml, or add {key} to the recipe"
+                    )
+                merged[key] = theirs[key]
+            elif isinstance(value, dict):
+                merged[key] = merge(value, theirs.get(key, {}), dotted)
+            else:
+                if key in theirs:
+                    overrides.append(dotted)
+                merged[key] = value
+        return merged
+
+    return merge(train, recipe, "train"), tuple(sorted(overrides))
+
+
+def parse_params(raw: Any, recipes: dict[str, Any] | None = None) -> Params:
+    """The validated params; `recipes` defaults to the recipes file in the working folder."""
+    top = mapping(raw, "", {f.name for f in fields(Params)} - {"recipe_overrides"})
+    recipes = read_recipes(RECIPES_FILE) if recipes is None else recipes
+    recipe = _recipe_name(top["recipe"], recipes)
+    train_raw, overrides = resolve_recipe(top["train"], recipes[recipe], recipe)
     datasets = _dataset_list(top["datasets"])
     data_raw = mapping(top["data"], "data", set(SPECS), required=set(datasets))
     data = {name: _data(value, name) for name, value in data_raw.items()}
     split = read_section(SplitParams, top["split"], "split", RULES)
-    train = read_section(TrainParams, top["train"], "train", RULES)
+    train = read_section(TrainParams, train_raw, "train", RULES)
     for name in datasets:
         classes = SPECS[name].num_classes[data[name].label_mode]
         _check_subsample(split, name, classes)
         _check_model_size(train.model, classes)
     register = read_section(RegisterParams, top["register"], "register", RULES)
-    return Params(datasets=datasets, data=data, split=split, train=train, register=register)
+    return Params(
+        recipe=recipe,
+        datasets=datasets,
+        data=data,
+        split=split,
+        train=train,
+        register=register,
+        recipe_overrides=overrides,
+    )
 
 
 def load_params(path: Path | str = DEFAULT_PATH) -> Params:
-    """Read and validate the whole params file; raise `ParamsError` on the first problem."""
+    """Read and validate the whole params file (and its recipes); raise `ParamsError` on the first problem."""
     path = Path(path)
+    raw = _read_file(path, "run from the project root, where params.yaml lives")
+    return parse_params(raw, read_recipes(path.parent / RECIPES_FILE))
+
+
+def read_recipes(path: Path | str) -> dict[str, Any]:
+    """recipes.yaml: recipe names, each mapped to its train values."""
+    path = Path(path)
+    recipes = _read_file(path, "it holds the named recipes and belongs beside params.yaml (restore it from git)")
+    if not isinstance(recipes, dict) or not recipes or not all(isinstance(v, dict) for v in recipes.values()):
+        raise ParamsError(f"{path} must map each recipe name to its train values; restore it from git")
+    return recipes
+
+
+def _read_file(path: Path, missing: str) -> Any:
     try:
-        raw = read_yaml(path.read_text(encoding="utf-8"), str(path))
+        return read_yaml(path.read_text(encoding="utf-8"), str(path))
     except FileNotFoundError:
-        raise ParamsError(f"{path} not found: run from the project root, where params.yaml lives") from None
+        raise ParamsError(f"{path} not found: {missing}") from None
     except UnicodeDecodeError as err:
         raise ParamsError(
             f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); save it as UTF-8"
@@ -256,7 +339,6 @@ def load_params(path: Path | str = DEFAULT_PATH) -> Params:
         where = getattr(err, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
         raise ParamsError(f"{path} is not valid YAML{at}: {getattr(err, 'problem', err)}; fix the syntax") from None
-    return parse_params(raw)
 
 
 def minimum_train_images(num_classes: int, val_fraction: float) -> int:

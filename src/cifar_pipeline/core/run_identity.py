@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cifar_pipeline.core.params import Params, flatten
+from cifar_pipeline.core.params import RECIPES_FILE, Params, flatten
 
 # Of a dataset's `data.<d>` fields, the ones that shape the model. Not the url: the same
 # archive (by md5) fetched from another place trains the same model; runs record the url apart.
@@ -32,21 +32,37 @@ def run_identity(params: Params, dataset: str) -> dict[str, Any]:
     }
 
 
+# Not identity: the same resolved values train the same model whatever recipe they came from.
+RECIPE_KEYS = ("recipe", "recipe.overrides")
+
+
 def recorded_params(params: Params, dataset: str) -> dict[str, Any]:
-    """The run's identity and where its data came from: what a training run logs as MLflow params
-    (masked there) and its registered version shows as tags."""
-    return {**run_identity(params, dataset), "data.url": params.data[dataset].url}
+    """The run's identity, the recipe it was resolved from (and which keys params.yaml overrode)
+    and where its data came from: what a training run logs as MLflow params (masked there) and
+    its registered version shows as tags."""
+    return {
+        **run_identity(params, dataset),
+        "recipe": params.recipe,
+        "recipe.overrides": ", ".join(params.recipe_overrides) or "none",
+        "data.url": params.data[dataset].url,
+    }
 
 
 def is_recorded(key: str) -> bool:
     """Whether an MLflow param key of a training run is one of `recorded_params`' keys."""
     return (
-        key in ("dataset", "data.url")
+        key in ("dataset", "data.url", *RECIPE_KEYS)
         or key in {f"data.{f}" for f in DATA_FIELDS}
         or key.startswith(tuple(f"{section}." for section in SECTIONS))
     )
 
 
-def dvc_params() -> list[str]:
-    """dvc.yaml's train-stage params for the same keys (`${item}` is the dataset)."""
-    return [f"data.${{item}}.{field}" for field in DATA_FIELDS] + list(SECTIONS)
+def dvc_params() -> list[Any]:
+    """dvc.yaml's train-stage params for the same keys (`${item}` is the dataset): the recipe's
+    values enter through recipes.yaml, the chosen recipe's only."""
+    return [
+        *(f"data.${{item}}.{field}" for field in DATA_FIELDS),
+        *SECTIONS,
+        "recipe",
+        {RECIPES_FILE: ["${recipe}"]},
+    ]

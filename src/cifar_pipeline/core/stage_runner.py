@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -78,8 +79,9 @@ def file_system_problem(err: OSError) -> str:
     return f"cannot write{where}: {err.strerror or err}; check the folder's permissions and free space"
 
 
-def declared_params(script: str, item: str | None, dvc_yaml: Path = DVC_YAML) -> list[str]:
-    """The params `dvc.yaml` declares for the stage that runs `stages/<script>` (`${item}` filled in).
+def declared_params(script: str, item: str | None, dvc_yaml: Path = DVC_YAML) -> list[tuple[str, str]]:
+    """The params `dvc.yaml` declares for the stage that runs `stages/<script>`, as (file, key)
+    pairs with `${item}` filled in (`${recipe}`-style keys are filled from params.yaml when read).
 
     These are the values DVC records in dvc.lock when the stage finishes.
     """
@@ -89,19 +91,38 @@ def declared_params(script: str, item: str | None, dvc_yaml: Path = DVC_YAML) ->
     for stage in stages.values():
         body = stage.get("do", stage)
         if f"stages/{script}" in str(body.get("cmd", "")):
-            return [str(key).replace("${item}", item or "") for key in body.get("params", [])]
+            entries: list[tuple[str, str]] = []
+            for entry in body.get("params", []):
+                if isinstance(entry, dict):  # another params file: {file: [keys]}
+                    entries += [(str(file), str(key)) for file, keys in entry.items() for key in keys]
+                else:
+                    entries.append((DEFAULT_PATH.name, str(entry)))
+            return [(file, key.replace("${item}", item or "")) for file, key in entries]
     return []
 
 
-def _values(keys: list[str], path: Path = DEFAULT_PATH) -> dict[str, Any]:
-    """Each declared key's leaf values as dotted keys; raises on an unreadable file."""
-    raw = read_yaml(path.read_text(encoding="utf-8")) or {}
+def _lookup(node: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _values(entries: list[tuple[str, str]], folder: Path = DEFAULT_PATH.parent) -> dict[str, Any]:
+    """Each declared key's leaf values as dotted keys (`file:key` outside params.yaml); raises on
+    an unreadable file."""
+    files: dict[str, Any] = {}
+
+    def read(name: str) -> Any:
+        if name not in files:
+            files[name] = read_yaml((folder / name).read_text(encoding="utf-8")) or {}
+        return files[name]
+
     found: dict[str, Any] = {}
-    for key in keys:
-        node: Any = raw
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        found.update(flatten(node, f"{key}.") if isinstance(node, dict) else {key: node})
+    for file, key in entries:
+        key = re.sub(r"\$\{([^}]+)\}", lambda match: str(_lookup(read(DEFAULT_PATH.name), match.group(1))), key)
+        node = _lookup(read(file), key)
+        name = key if file == DEFAULT_PATH.name else f"{file}:{key}"
+        found.update(flatten(node, f"{name}.") if isinstance(node, dict) else {name: node})
     return found
 
 
@@ -128,7 +149,7 @@ def guard_params(script: str, item: str | None) -> None:
         ]
         if changed:
             raise ParamsChanged(
-                f"params.yaml changed while this stage ran: {'; '.join(changed[:5])}"
+                f"params.yaml or recipes.yaml changed while this stage ran: {'; '.join(changed[:5])}"
                 f"{' ...' if len(changed) > 5 else ''}; its output was not kept: run `dvc repro` again"
             )
 

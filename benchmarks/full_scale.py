@@ -1,0 +1,297 @@
+"""Full-scale accuracy: every contender on a whole dev archive, one dataset at a time.
+
+    python benchmarks/full_scale.py --dataset cifar10                 # ../shared/data's dev archive
+    python benchmarks/full_scale.py --dataset cifar100                # unpacks ../shared's CIFAR-100 once
+    python benchmarks/full_scale.py --dataset cifar10 --only fast --seeds 1
+    python benchmarks/full_scale.py --render                          # only rewrite results.md
+
+The fast recipe trains for its own epochs with several seeds; the seed recipe (the seed's
+network and recipe, bugs fixed) and the literal seed port then get the same wall-clock
+budget: the fast runs' mean training time on this machine, stopped after the last epoch
+that fits. All train on the same images (the split stage's own seeded 90/10 split) and are
+scored once on the archive's test images; nothing is chosen on them.
+
+Every finished run is its own JSON file under --out/<dataset>/runs/, written as soon as it
+ends: an interrupted benchmark loses only the run in progress, and a rerun skips every run
+whose file holds the same resolved training values. results.md is rewritten after each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from accuracy import machine, mean_std, prepare, run_one  # noqa: E402
+from cifar_pipeline.core.datasets import SPECS  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+ARCHIVES = {
+    "cifar10": SHARED / "cifar-10-dev-binary.tar.gz",
+    "cifar100": Path.home() / ".cache" / "cifar-pipeline" / "cifar-100-dev-binary.tar.gz",
+}
+LABEL_MODES = {"cifar10": "label", "cifar100": "fine"}
+# Validation accuracies whose first crossing the time-to-accuracy table reports.
+THRESHOLDS = (0.60, 0.70, 0.85, 0.90, 0.93, 0.94)
+# Published test accuracy of the seed script after 200 GPU epochs (its own logs).
+SEED_REPORTED = {"cifar10": 0.9029, "cifar100": 0.5744}
+
+FAST, SEED, PORT = "fast", "seed", "seed-port"
+CONTENDERS: dict[str, dict] = {
+    FAST: {"contender": "pipeline", "overrides": ["recipe=fast"], "title": "fast recipe (its own epochs)"},
+    SEED: {
+        "contender": "pipeline",
+        "overrides": ["recipe=seed"],
+        "budget": True,
+        "title": "seed recipe (the seed's network, bugs fixed), same wall-clock budget",
+    },
+    PORT: {
+        "contender": "seed_port",
+        "epochs": 200,
+        "budget": True,
+        "title": "seed script, literal port, same wall-clock budget",
+    },
+}
+
+
+def resolved(contender: dict, seed: int) -> dict | None:
+    """The training values a pipeline contender resolves to (what identifies its run)."""
+    if contender["contender"] != "pipeline":
+        return None
+    from cifar_pipeline.core.params import flatten
+    from recipes import train_settings
+
+    return comparable(flatten(train_settings([*contender["overrides"], f"train.seed={seed}"])))
+
+
+def comparable(values: dict) -> dict:
+    # Run settings that do not change what is learned on one CPU process.
+    return {k: v for k, v in values.items() if k not in {"recipe", "jit_compile", "distribute"}}
+
+
+def runs_dir(out: Path, dataset: str) -> Path:
+    return out / dataset / "runs"
+
+
+def load_runs(out: Path, dataset: str) -> dict[str, list[dict]]:
+    runs: dict[str, list[dict]] = {}
+    for path in sorted(runs_dir(out, dataset).glob("*.json")):
+        run = json.loads(path.read_text())
+        runs.setdefault(run["name"], []).append(run)
+    return runs
+
+
+def budget_s(runs: dict[str, list[dict]]) -> float | None:
+    """The fast recipe's mean training wall time (its epochs, validation included)."""
+    fast = runs.get(FAST)
+    return statistics.fmean(sum(r["epoch_seconds"]) for r in fast) if fast else None
+
+
+def ensure_archive(dataset: str, archive: Path) -> None:
+    if archive.is_file():
+        return
+    if dataset == "cifar100" and (SHARED / "cifar100_dev.py").is_file():
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, str(SHARED / "cifar100_dev.py"), str(archive.parent)], check=True)
+        return
+    sys.exit(f"error: {archive} not found; pass --archive PATH to a {dataset} binary .tar.gz")
+
+
+def first_reached(run: dict, threshold: float) -> tuple[int, float, float] | None:
+    """(epoch, wall s, CPU s) at the end of the first epoch whose val accuracy reaches `threshold`."""
+    wall = cpu = 0.0
+    cpus = run.get("epoch_cpu_seconds") or [0.0] * len(run["epoch_seconds"])
+    for epoch, (value, spent, used) in enumerate(
+        zip(run["history"]["val_accuracy"], run["epoch_seconds"], cpus, strict=True), 1
+    ):
+        wall, cpu = wall + spent, cpu + used
+        if value >= threshold:
+            return epoch, wall, cpu
+    return None
+
+
+def summarise(runs: list[dict]) -> dict:
+    summary = {
+        "seeds": [r["config"]["seed"] for r in runs],
+        "epochs": [len(r["epoch_seconds"]) for r in runs],
+        "train_min": mean_std([sum(r["epoch_seconds"]) / 60 for r in runs]),
+        "cpu_min": mean_std([sum(r.get("epoch_cpu_seconds") or [0]) / 60 for r in runs]),
+        "wall_min": mean_std([r["wall_s"] / 60 for r in runs]),
+        "dtype_policy": runs[0]["dtype_policy"],
+    }
+    for key in ("test_accuracy", "test_top5_accuracy", "final_val_accuracy"):
+        summary[key] = mean_std([r[key] for r in runs])
+    summary["per_seed_test_accuracy"] = [r["test_accuracy"] for r in runs]
+    summary["time_to"] = {}
+    for t in THRESHOLDS:
+        hits = [h for h in (first_reached(r, t) for r in runs) if h]
+        summary["time_to"][str(t)] = {
+            "reached": len(hits),
+            "of": len(runs),
+            **(
+                {
+                    "epochs": statistics.fmean(h[0] for h in hits),
+                    "minutes": statistics.fmean(h[1] for h in hits) / 60,
+                }
+                if hits
+                else {}
+            ),
+        }
+    curves = [r["history"]["val_accuracy"] for r in runs]
+    summary["val_curve"] = [statistics.fmean(v) for v in zip(*curves, strict=False)] if len(runs) > 1 else curves[0]
+    return summary
+
+
+def markdown(out: Path) -> str:
+    lines = [
+        "# Full-scale accuracy: the recipes on whole dev archives",
+        "",
+        "Written by `benchmarks/full_scale.py` after every finished run. Each dataset's dev archive "
+        "(`../shared/data`, real training images only) is split by the split stage's own code "
+        "(val_fraction 0.1, seed 42): 40,500 train / 4,500 validation / 5,000 test images. "
+        "Recipes were chosen on validation accuracy; each run's test images were scored once, "
+        "by the exported model (with its test-time views).",
+        "",
+        "*train min* is the training wall time (all epochs, validation passes included); *CPU min* the "
+        "process's CPU time over the same epochs (on a quiet 2-core machine about twice the wall "
+        "time; less than that means the run shared the machine). *Same budget*: trained until "
+        "the next epoch would pass the fast recipe's mean training wall time on this machine.",
+        "",
+    ]
+    for dataset in SPECS:
+        runs = load_runs(out, dataset)
+        if not runs:
+            continue
+        first = next(iter(runs.values()))[0]
+        m = first["machine"]
+        lines += [
+            f"## {dataset} ({first['label_mode']} labels)",
+            "",
+            f"Archive `{first['archive']}`: {first['images']['train']:,} train / "
+            f"{first['images']['val']:,} validation / {first['images']['test']:,} test images. "
+            f"Machine: {m['cpu']}, {m['cores']} cores, {' '.join(m['simd'])}. "
+            f"The seed script reported {SEED_REPORTED[dataset]} test accuracy after 200 GPU epochs.",
+            "",
+            "| contender | test accuracy | test top-5 | val accuracy (last) | epochs | train min | CPU min "
+            "| whole run min | precision | per-seed test accuracy (seeds) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        summaries = {name: summarise(group) for name, group in runs.items() if name in CONTENDERS}
+        for name, s in summaries.items():
+            per_seed = ", ".join(f"{a:.4f}" for a in s["per_seed_test_accuracy"])
+            lines.append(
+                f"| {CONTENDERS[name]['title']} | **{s['test_accuracy'][0]:.4f} ± {s['test_accuracy'][1]:.4f}** "
+                f"| {s['test_top5_accuracy'][0]:.4f} | {s['final_val_accuracy'][0]:.4f} "
+                f"| {', '.join(map(str, s['epochs']))} | {s['train_min'][0]:.1f} | {s['cpu_min'][0]:.1f} "
+                f"| {s['wall_min'][0]:.1f} | {s['dtype_policy']} | {per_seed} ({', '.join(map(str, s['seeds']))}) |"
+            )
+        lines += [
+            "",
+            "Mean ± sample standard deviation over seeds (± 0 with one seed).",
+            "",
+            "### Time to validation accuracy",
+            "",
+            "The first epoch whose validation accuracy reaches each level, and the training wall minutes up to "
+            "its end, mean over the seeds that reached it (n/N).",
+            "",
+            "| contender | " + " | ".join(f"val ≥ {t}" for t in THRESHOLDS) + " |",
+            "|---|" + "---|" * len(THRESHOLDS),
+        ]
+        for name, s in summaries.items():
+            cells = []
+            for t in THRESHOLDS:
+                hit = s["time_to"][str(t)]
+                cells.append(
+                    f"epoch {hit['epochs']:.1f}, {hit['minutes']:.1f} min ({hit['reached']}/{hit['of']})"
+                    if hit["reached"]
+                    else f"no (0/{hit['of']})"
+                )
+            lines.append(f"| {CONTENDERS[name]['title']} | " + " | ".join(cells) + " |")
+        lines += ["", "### Validation accuracy by epoch (mean over seeds)", ""]
+        for name, s in summaries.items():
+            lines.append(f"- {CONTENDERS[name]['title']}: " + ", ".join(f"{v:.3f}" for v in s["val_curve"]))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def slug(name: str, seed: int) -> str:
+    return f"{re.sub(r'[^a-z0-9]+', '-', name.lower())}-seed{seed}.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", choices=sorted(SPECS), default="cifar10")
+    parser.add_argument("--archive", type=Path, help="the dataset's binary .tar.gz (default: the dev archive)")
+    parser.add_argument("--only", nargs="+", choices=list(CONTENDERS), default=list(CONTENDERS))
+    parser.add_argument("--seeds", type=int, nargs="+", help="fast recipe's seeds (default 1 2 3; others 1)")
+    parser.add_argument("--max-train", type=int, help="a stratified subsample, for smoke runs only")
+    parser.add_argument("--max-test", type=int, help="the first N test images, for smoke runs only")
+    parser.add_argument("--epochs", type=int, help="the fast recipe's epochs instead of its own (smoke runs)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/full_scale")
+    parser.add_argument("--render", action="store_true", help="only rewrite results.md from --out")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.render:
+        (args.out / "results.md").write_text(markdown(args.out))
+        return
+    archive = args.archive or ARCHIVES[args.dataset]
+    ensure_archive(args.dataset, archive)
+    folder = runs_dir(args.out, args.dataset)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp, open(args.out / args.dataset / "runs.log", "a") as log:
+        data = Path(tmp) / "split"
+        images = None
+        for name in args.only:
+            contender = CONTENDERS[name]
+            if args.epochs and not contender.get("budget"):
+                contender = contender | {"overrides": [*contender["overrides"], f"train.epochs={args.epochs}"]}
+            for seed in args.seeds or ([1, 2, 3] if name == FAST else [1]):
+                path = folder / slug(name, seed)
+                values = resolved(contender, seed)
+                if path.is_file():
+                    done = json.loads(path.read_text())
+                    if values is None or comparable(done.get("train_params", {})) == values:
+                        print(f"{args.dataset} {name} seed {seed}: done ({path.name})", flush=True)
+                        continue
+                    print(f"{args.dataset} {name} seed {seed}: the recipe changed; training again", flush=True)
+                if images is None:
+                    images = prepare(
+                        archive, data, args.max_train, args.max_test, SPECS[args.dataset], LABEL_MODES[args.dataset]
+                    )
+                config = {k: v for k, v in contender.items() if k not in {"title", "budget"}}
+                config |= {"data": str(data), "seed": seed}
+                if contender.get("budget"):
+                    config["budget_s"] = budget_s(load_runs(args.out, args.dataset))
+                    if not config["budget_s"]:
+                        sys.exit(f"error: {name} needs the fast recipe's time first; run --only {FAST}")
+                print(f"{args.dataset} {name} seed {seed} ...", flush=True)
+                start = time.time()
+                result = run_one(f"{args.dataset} {name}", config, log)
+                result |= {
+                    "name": name,
+                    "archive": archive.name,
+                    "label_mode": LABEL_MODES[args.dataset],
+                    "images": images,
+                    "machine": machine(),
+                    "finished": time.strftime("%Y-%m-%d %H:%M"),
+                }
+                path.write_text(json.dumps(result, indent=1))
+                print(
+                    f"  test accuracy {result['test_accuracy']:.4f}, {len(result['epoch_seconds'])} epochs, "
+                    f"{(time.time() - start) / 60:.1f} min",
+                    flush=True,
+                )
+                (args.out / "results.md").write_text(markdown(args.out))
+
+
+if __name__ == "__main__":
+    main()
