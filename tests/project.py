@@ -22,6 +22,17 @@ TINY_TRAIN = {
 }
 
 
+def seed_params():
+    """The project's params.yaml with the seed recipe chosen: what tests of the seed network's
+    values start from, whatever the project's default recipe is."""
+    from cifar_pipeline.core.params import RECIPES_FILE, parse_params, read_recipes
+    from cifar_pipeline.core.yaml_reader import read_yaml
+
+    raw = read_yaml((ROOT / "params.yaml").read_text())
+    raw["recipe"] = "seed"
+    return parse_params(raw, read_recipes(ROOT / RECIPES_FILE))
+
+
 def environment() -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

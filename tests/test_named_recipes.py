@@ -105,3 +105,9 @@ def test_load_params_reads_the_recipes_beside_params(tmp_path):
     (tmp_path / "recipes.yaml").write_text("fast: [1, 2]\n")
     with pytest.raises(ParamsError, match=r"recipes.yaml must map each recipe name to its train values"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_the_readme_names_every_recipe_and_the_default_one(raw):
+    readme = (ROOT / "README.md").read_text()
+    assert f"| `recipe` | `{raw['recipe']}` |" in readme  # the params table
+    assert all(f"dvc exp run -S recipe={name}" in readme or f"`{name}`" in readme for name in RECIPES)

@@ -5,17 +5,20 @@ import pytest
 import yaml
 
 from cifar_pipeline.core.params import ParamsError, flatten, load_params, parse_params
+from project import seed_params
 
 PROJECT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
 @pytest.fixture
 def raw():
-    return yaml.safe_load(PROJECT_PARAMS.read_text())
+    """The project's params with the seed recipe (the values these tests check)."""
+    return yaml.safe_load(PROJECT_PARAMS.read_text()) | {"recipe": "seed"}
 
 
-def test_project_params_are_valid_and_follow_the_seed_recipe():
-    params = load_params(PROJECT_PARAMS)
+def test_project_params_are_valid_and_the_seed_recipe_is_the_seeds():
+    assert load_params(PROJECT_PARAMS).datasets == ("cifar10", "cifar100")
+    params = seed_params()
     assert params.datasets == ("cifar10", "cifar100")
     assert params.data["cifar100"].label_mode == "fine"
     assert params.data["cifar10"].md5 == "c32a1d4ab5d03f1284b67883e8d87530"
@@ -196,7 +199,7 @@ def test_top_level_must_be_a_mapping():
 
 
 def test_flatten_gives_dotted_keys_with_lists():
-    flat = flatten(load_params(PROJECT_PARAMS).train, "train.")
+    flat = flatten(seed_params().train, "train.")
     assert flat["train.model.filters"] == [32, 64, 128, 256]
     assert flat["train.lr_schedule.kind"] == "cosine"
     assert flat["train.epochs"] == 200
@@ -205,6 +208,7 @@ def test_flatten_gives_dotted_keys_with_lists():
 def test_params_are_read_with_the_yaml_rules_dvc_uses(tmp_path):
     """PyYAML (YAML 1.1) reads 1e-3 as a string; DVC (ruamel.yaml, YAML 1.2) as 0.001."""
     text = PROJECT_PARAMS.read_text().replace("learning_rate: recipe", "learning_rate: 1e-3")
+    assert "learning_rate: 1e-3" in text
     (tmp_path / "params.yaml").write_text(text)
     (tmp_path / "recipes.yaml").write_text((PROJECT_PARAMS.parent / "recipes.yaml").read_text())
     assert load_params(tmp_path / "params.yaml").train.learning_rate == 0.001
@@ -220,7 +224,7 @@ def test_model_weights_estimate_matches_keras(change):
     from cifar_pipeline.data.channel_stats import ChannelStats
     from cifar_pipeline.training.model import build_classifier
 
-    model = dataclasses.replace(load_params(PROJECT_PARAMS).train.model, **change)
+    model = dataclasses.replace(seed_params().train.model, **change)
     stats = ChannelStats(mean=(0.0,) * 3, std=(1.0,) * 3)
     for classes in (10, 100):
         assert model_weights(model, classes) == build_classifier(model, classes, stats).count_params()
@@ -246,6 +250,6 @@ def test_the_fast_network_and_its_tricks_parse(raw):
 
 
 def test_the_default_network_is_the_seeds_with_keras_defaults():
-    train = load_params(PROJECT_PARAMS).train
+    train = seed_params().train
     assert (train.model.kind, train.model.bn_momentum, train.model.bn_scale) == ("seed", 0.99, True)
     assert (train.model.test_views, train.augment.fill, train.ema_momentum) == ("none", "mean", None)

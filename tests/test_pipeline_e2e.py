@@ -23,6 +23,7 @@ import keras
 import mlflow
 import numpy as np
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from archives import build_archive
@@ -430,6 +431,37 @@ def test_changing_epochs_reruns_only_train_and_evaluate(project):
         assert json.loads((path / f"registry/{d}.json").read_text())["champion"] == better
 
 
+def test_only_the_chosen_recipes_values_rerun_training_and_a_grid_is_one_queued_command(project):
+    """dvc.yaml tracks recipes.yaml's `${recipe}` only: editing another recipe leaves every stage
+    up to date, editing the chosen one puts both train stages out of date. Recipes x seeds is one
+    `dvc exp run --queue` (queued here, not run)."""
+    path, _ = project
+    recipes_file = path / "recipes.yaml"
+    original = recipes_file.read_text()
+    recipes = yaml.safe_load(original)
+    try:
+        recipes["fast"]["epochs"] += 1  # the test project's recipe is seed
+        recipes_file.write_text(yaml.safe_dump(recipes))
+        status = json.loads(run(path, "dvc", "status", "--json").stdout)
+        assert not [stage for stage in status if not stage.startswith("register@")], status
+        recipes["seed"]["learning_rate"] /= 2
+        recipes_file.write_text(yaml.safe_dump(recipes))
+        status = json.loads(run(path, "dvc", "status", "--json").stdout)
+        assert {f"train@{d}" for d in DATASETS} <= set(status)
+        assert "evaluate@cifar10" not in status  # it reads the model, not the params
+    finally:
+        recipes_file.write_text(original)
+    run(path, "git", "add", "-A")
+    run(path, "git", "commit", "-qm", "state before the grid")
+    grid = ("-S", "recipe=seed,fast", "-S", "train.seed=1,2")
+    run(path, "dvc", "exp", "run", "--queue", *grid, "register@cifar10")
+    try:
+        queued = [line for line in run(path, "dvc", "queue", "status").stdout.splitlines() if "Queued" in line]
+        assert len(queued) == 4, queued
+    finally:
+        run(path, "dvc", "queue", "remove", "--queued")
+
+
 def test_a_cifar100_only_param_leaves_cifar10_alone(project):
     path, _ = project
     edit_params(path, lambda p: p["data"]["cifar100"].update(label_mode="coarse"))
@@ -595,7 +627,9 @@ def test_the_fast_network_is_registered_predicted_and_served_with_its_registered
     run_data = c.get_run(version.run_id).data
     assert run_data.params["train.model.kind"] == "airbench" and run_data.params["train.ema_momentum"] == "0.9"
     assert run_data.params["recipe"] == "fast" and "train.model.widths" in run_data.params["recipe.overrides"]
-    assert run_data.params["train.optimizer"] == "sgd" and run_data.params["train.epochs"] == "2"  # resolved values
+    # resolved values: the recipe's optimizer, the project's own batch size over the recipe's
+    assert run_data.params["train.optimizer"] == "sgd" and run_data.params["train.batch_size"] == "32"
+    assert "train.batch_size" in run_data.params["recipe.overrides"].split(", ")
     registered = float(version.tags["test_accuracy"])
     assert registered == pytest.approx(json.loads((path / f"metrics/{d}.json").read_text())["test_accuracy"])
     images = np.load(path / f"data/split/{d}/test_images.npy")

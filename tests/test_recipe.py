@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from cifar_pipeline.core.params import ScheduleParams, load_params
+from cifar_pipeline.core.params import ScheduleParams
 from cifar_pipeline.training.recipe import (
     SparseCrossentropy,
     build_optimizer,
@@ -14,7 +14,7 @@ from cifar_pipeline.training.recipe import (
     last_step_rate,
     learning_rate_schedule,
 )
-from test_params import PROJECT_PARAMS
+from project import seed_params
 
 STEP = ScheduleParams(kind="step", boundaries=(50, 100, 150), factor=0.5, warmup_fraction=0.0)
 SPE = 10  # steps per epoch
@@ -59,7 +59,7 @@ def test_cosine_with_warmup_rises_linearly_then_decays():
 
 def test_the_schedule_really_drives_the_optimizer_inside_fit():
     """The seed's bug was a schedule Keras never applied: record the rate of every batch."""
-    settings = load_params(PROJECT_PARAMS).train
+    settings = seed_params().train
     settings = dataclasses.replace(
         settings, epochs=3, lr_schedule=dataclasses.replace(STEP, boundaries=(1, 2), factor=0.1)
     )
@@ -88,7 +88,7 @@ def test_the_schedule_really_drives_the_optimizer_inside_fit():
     ],
 )
 def test_optimizers(name, decay, kind):
-    settings = dataclasses.replace(load_params(PROJECT_PARAMS).train, optimizer=name, weight_decay=decay)
+    settings = dataclasses.replace(seed_params().train, optimizer=name, weight_decay=decay)
     optimizer = build_optimizer(settings, steps_per_epoch=SPE)
     assert type(optimizer) is kind
     assert (optimizer.weight_decay or 0.0) == pytest.approx(decay)
@@ -112,7 +112,7 @@ def test_label_smoothing_matches_keras_categorical_crossentropy():
 @pytest.mark.parametrize("kind", ["cosine", "triangular"])
 def test_a_compiled_model_with_a_schedule_and_smoothing_saves_and_loads(tmp_path, kind):
     """Checkpoints save the optimizer: the schedule and loss must come back from disk."""
-    settings = load_params(PROJECT_PARAMS).train
+    settings = seed_params().train
     settings = dataclasses.replace(
         settings,
         label_smoothing=0.1,
@@ -142,7 +142,7 @@ def test_triangular_rises_linearly_then_falls_linearly_to_zero():
 def test_weight_averaging_puts_the_average_in_place_when_fit_ends():
     """Keras's use_ema: during fit the weights train; at its end they become the moving average."""
     settings = dataclasses.replace(
-        load_params(PROJECT_PARAMS).train,
+        seed_params().train,
         optimizer="sgd",
         ema_momentum=0.5,
         learning_rate=0.1,
@@ -163,4 +163,4 @@ def test_weight_averaging_puts_the_average_in_place_when_fit_ends():
     assert live == pytest.approx([0.2, 0.36])
     # Keras starts the average at the first step's weights (0.2), then 0.5 * 0.2 + 0.5 * 0.36 = 0.28
     assert float(model.weights[0][0, 0]) == pytest.approx(0.28)
-    assert not build_optimizer(load_params(PROJECT_PARAMS).train, steps_per_epoch=SPE).use_ema
+    assert not build_optimizer(seed_params().train, steps_per_epoch=SPE).use_ema

@@ -26,7 +26,8 @@ def stage(cwd: Path, name: str, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def workdir(tmp_path):
-    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    for name in ("params.yaml", "recipes.yaml"):
+        (tmp_path / name).write_text((ROOT / name).read_text())
     return tmp_path
 
 
@@ -35,7 +36,11 @@ def assert_clean_failure(result: subprocess.CompletedProcess, message: str, work
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
-    left = [p.relative_to(workdir) for p in workdir.rglob("*") if p.is_file() and p.name != "params.yaml"]
+    left = [
+        p.relative_to(workdir)
+        for p in workdir.rglob("*")
+        if p.is_file() and p.name not in ("params.yaml", "recipes.yaml")
+    ]
     assert left == [], left
 
 

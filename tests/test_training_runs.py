@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from cifar_pipeline.core import interrupts
 from cifar_pipeline.core.files import save_arrays, write_json
 from cifar_pipeline.core.layout import MODEL_FILE
-from cifar_pipeline.core.params import ModelParams, load_params
+from cifar_pipeline.core.params import ModelParams
 from cifar_pipeline.data.channel_stats import ChannelStats
 from cifar_pipeline.training import trainer
 from cifar_pipeline.training.checkpoint import CHECKPOINT_ROOT
@@ -29,7 +29,7 @@ from cifar_pipeline.training.input_pipeline import steps_per_epoch
 from cifar_pipeline.training.model import patch_whitening
 from cifar_pipeline.training.recipe import learning_rate_schedule
 from cifar_pipeline.training.trainer import TrainingDiverged, train
-from project import ROOT
+from project import seed_params
 
 EPOCHS = 4
 
@@ -65,7 +65,7 @@ def setup(tmp_path, monkeypatch):
     )
     write_json(split / "classes.json", {"label_mode": "label", "names": [str(i) for i in range(10)]})
     write_json(stats, {"mean": [120.0] * 3, "std": [60.0] * 3})
-    params = load_params(ROOT / "params.yaml")
+    params = seed_params()
     tiny = ModelParams(filters=(4,), dropouts=(0.1,), dense_units=8, activation="relu")
     params = dataclasses.replace(
         params, train=dataclasses.replace(params.train, epochs=EPOCHS, batch_size=16, model=tiny)
