@@ -140,6 +140,7 @@ def data_stages(size: dict, work: Path) -> dict:
         .replace("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz", str(archive))
         .replace("c32a1d4ab5d03f1284b67883e8d87530", md5)
     )
+    (project / "recipes.yaml").write_text((ROOT / "recipes.yaml").read_text())  # params.yaml names one
     env = environment() | {"PYTHONPATH": str(ROOT / "src")}
     stages = {
         "download (parse archive)": ["download.py", "cifar10", "data/raw/cifar10"],
