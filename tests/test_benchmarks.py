@@ -114,7 +114,7 @@ def test_full_scale_benchmark_gives_the_seed_contenders_the_fast_recipes_time_an
     assert again.stdout.count(": done (") == 2 and "test accuracy" not in again.stdout
     report = (tmp_path / "results.md").read_text()
     assert "## cifar100\n" in report and "| fast recipe (its own epochs) | **" in report
-    assert "### Time to validation accuracy" in report and "val ≥ 0.94" in report
+    assert "### Time to validation accuracy" in report and "val ≥ 0.7 |" in report
 
 
 def test_footprint_benchmark_smoke_run_measures_cache_memory_and_speed(tmp_path):
