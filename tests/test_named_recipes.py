@@ -91,6 +91,23 @@ def test_a_misspelt_key_in_a_recipe_is_refused(raw):
         parse_params(with_recipe(raw, "fast"), recipes)
 
 
+def test_a_key_missing_from_params_names_the_line_to_add(raw):
+    del raw["train"]["label_smoothing"]
+    with pytest.raises(ParamsError, match=r"fast.label_smoothing is not a key .*add `label_smoothing: recipe` to"):
+        parse_params(with_recipe(raw, "fast"), RECIPES)
+
+
+@pytest.mark.parametrize("name", [["fast"], None, 3])
+def test_a_recipe_that_is_not_a_name_is_one_line(raw, name):
+    with pytest.raises(ParamsError, match=r"params.yaml: recipe .* is not in recipes.yaml"):
+        parse_params(with_recipe(raw, name), RECIPES)
+
+
+def test_a_whole_section_may_come_from_the_recipe(raw):
+    raw["train"]["augment"] = "recipe"
+    assert parse_params(with_recipe(raw, "seed"), RECIPES).train.augment.shift == RECIPES["seed"]["augment"]["shift"]
+
+
 def test_a_bad_value_in_a_recipe_is_named_like_one_in_params(raw):
     recipes = copy.deepcopy(RECIPES)
     recipes["fast"]["learning_rate"] = -1

@@ -235,7 +235,7 @@ def _data(value: Any, name: str) -> DataParams:
 
 
 def _recipe_name(value: Any, recipes: dict[str, Any]) -> str:
-    if value not in recipes:
+    if not isinstance(value, str) or value not in recipes:
         raise ParamsError(
             f"params.yaml: recipe {value!r} is not in {RECIPES_FILE}{did_you_mean(value, recipes)}; "
             f"choose one of {sorted(recipes)}"
@@ -258,7 +258,8 @@ def resolve_recipe(train: Any, recipe: Any, name: str) -> tuple[Any, tuple[str, 
             if key not in ours:
                 raise ParamsError(
                     f"{RECIPES_FILE}: {inside}.{key} is not a key of params.yaml's {where}"
-                    f"{did_you_mean(key, ours, f'{inside}.')}; fix the recipe, or add the key to params.yaml"
+                    f"{did_you_mean(key, ours, f'{inside}.')}; fix the recipe, or add `{key}: {FROM_RECIPE}` "
+                    f"to params.yaml's {where}"
                 )
         merged = {}
         for key, value in ours.items():
