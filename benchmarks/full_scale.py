@@ -234,7 +234,9 @@ def main() -> None:
     parser.add_argument("--dataset", choices=list(TARGETS), default="cifar10", help="cifar100: fine labels")
     parser.add_argument("--archive", type=Path, help="the dataset's binary .tar.gz (default: the dev archive)")
     parser.add_argument("--only", nargs="+", choices=list(CONTENDERS), default=list(CONTENDERS))
-    parser.add_argument("--seeds", type=int, nargs="+", help="fast recipe's seeds (default 1 2 3; others 1)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", help="seeds for every contender in --only (default: fast 1 2 3, the others 1)"
+    )
     parser.add_argument("--max-train", type=int, help="a stratified subsample, for smoke runs only")
     parser.add_argument("--max-test", type=int, help="the first N test images, for smoke runs only")
     parser.add_argument("--epochs", type=int, help="the fast recipe's epochs instead of its own (smoke runs)")
