@@ -146,28 +146,41 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def first_reached(run: dict, threshold: float) -> tuple[int, float] | None:
-    """(epoch, training seconds) at the end of the first epoch whose validation accuracy
-    reaches `threshold`; seconds are the epochs' own wall time, validation included."""
-    seconds = 0.0
-    for epoch, (value, spent) in enumerate(zip(run["history"]["val_accuracy"], run["epoch_seconds"], strict=True), 1):
-        seconds += spent
+def first_reached(run: dict, threshold: float) -> tuple[int, float, float] | None:
+    """(epoch, training seconds, CPU seconds) at the end of the first epoch whose validation
+    accuracy reaches `threshold`; seconds are the epochs' own, validation included (CPU 0
+    for runs that did not record it)."""
+    wall = cpu = 0.0
+    cpus = run.get("epoch_cpu_seconds") or [0.0] * len(run["epoch_seconds"])
+    for epoch, (value, spent, used) in enumerate(
+        zip(run["history"]["val_accuracy"], run["epoch_seconds"], cpus, strict=True), 1
+    ):
+        wall, cpu = wall + spent, cpu + used
         if value >= threshold:
-            return epoch, seconds
+            return epoch, wall, cpu
     return None
 
 
 def time_to(runs: list[dict], threshold: float) -> dict:
-    """Mean epochs and seconds over the seeds that reached `threshold`, and how many did."""
+    """Mean epochs, seconds and CPU seconds over the seeds that reached `threshold`, and how many did."""
     reached = [hit for hit in (first_reached(r, threshold) for r in runs) if hit]
     if not reached:
         return {"reached": 0, "of": len(runs)}
     return {
         "reached": len(reached),
         "of": len(runs),
-        "epochs": statistics.fmean(e for e, _ in reached),
-        "seconds": statistics.fmean(s for _, s in reached),
+        "epochs": statistics.fmean(e for e, _, _ in reached),
+        "seconds": statistics.fmean(s for _, s, _ in reached),
+        "cpu_seconds": statistics.fmean(c for _, _, c in reached),
     }
+
+
+def time_to_cell(hit: dict) -> str:
+    """One cell of a time-to-accuracy table."""
+    if not hit["reached"]:
+        return f"no (0/{hit['of']})"
+    cpu = f", {hit['cpu_seconds'] / 60:.1f} CPU min" if hit.get("cpu_seconds") else ""
+    return f"epoch {hit['epochs']:.1f}, {hit['seconds'] / 60:.1f} min{cpu} ({hit['reached']}/{hit['of']})"
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -372,10 +385,18 @@ def write_screening(path: Path, results: dict[str, list[dict]], images: dict, ep
     lines = [
         f"\n### Screening, {time.strftime('%Y-%m-%d %H:%M')}: {images['train']} train / {images['val']} validation "
         f"images, {epochs} epochs, seeds {seeds}, {m['cpu']} {' '.join(m['simd'])}\n",
-        "| recipe (overrides of params.yaml) | val accuracy, last epoch | best val accuracy (epoch) | train accuracy "
-        "| exported, views none / flip / flip_translate | EMA, stale BN | wall |",
-        "|---|---|---|---|---|---|---|",
+        *SCREENING_HEADER,
     ]
+    lines += screening_rows(results)
+    with path.open("a") as out:
+        out.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def screening_rows(results: dict[str, list[dict]]) -> list[str]:
+    """One table row per recipe (its runs' mean): validation numbers only, as the screening
+    tables show them; the full-scale benchmark's screening uses the same rows."""
+    lines = []
     for name, runs in results.items():
         last = mean_std([r["history"]["val_accuracy"][-1] for r in runs])
         best = [max(r["history"]["val_accuracy"]) for r in runs]
@@ -395,9 +416,14 @@ def write_screening(path: Path, results: dict[str, list[dict]], images: dict, ep
             f"| `{name or '(defaults)'}` | {last[0]:.3f} ± {last[1]:.3f} | {statistics.fmean(best):.3f} ({best_epoch}) "
             f"| {train[0]:.3f} | {views} | {stale} | {wall:.0f} s |"
         )
-    with path.open("a") as out:
-        out.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return lines
+
+
+SCREENING_HEADER = [
+    "| recipe (overrides of params.yaml) | val accuracy, last epoch | best val accuracy (epoch) | train accuracy "
+    "| exported, views none / flip / flip_translate | EMA, stale BN | wall |",
+    "|---|---|---|---|---|---|---|",
+]
 
 
 def main() -> None:

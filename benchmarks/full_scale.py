@@ -19,6 +19,7 @@ whose file holds the same resolved training values. results.md is rewritten afte
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import statistics
@@ -31,7 +32,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from accuracy import machine, mean_std, prepare, run_one  # noqa: E402
+from accuracy import (  # noqa: E402
+    SCREENING_HEADER,
+    machine,
+    mean_std,
+    prepare,
+    run_one,
+    screening_rows,
+    time_to,
+    time_to_cell,
+)
 from cifar_pipeline.core.datasets import SPECS  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -79,14 +89,17 @@ def comparable(values: dict) -> dict:
     return {k: v for k, v in values.items() if k not in {"recipe", "jit_compile", "distribute"}}
 
 
-def runs_dir(out: Path, dataset: str) -> Path:
-    return out / dataset / "runs"
+RUNS, SCREENING = "runs", "screening"
 
 
-def load_runs(out: Path, dataset: str) -> dict[str, list[dict]]:
+def runs_dir(out: Path, dataset: str, kind: str = RUNS) -> Path:
+    return out / dataset / kind
+
+
+def load_runs(out: Path, dataset: str, kind: str = RUNS) -> dict[str, list[dict]]:
     runs: dict[str, list[dict]] = {}
-    for path in sorted(runs_dir(out, dataset).glob("*.json")):
-        run = json.loads(path.read_text())
+    found = [json.loads(path.read_text()) for path in runs_dir(out, dataset, kind).glob("*.json")]
+    for run in sorted(found, key=lambda r: (r.get("finished", ""), r["config"]["seed"])):
         runs.setdefault(run["name"], []).append(run)
     return runs
 
@@ -107,19 +120,6 @@ def ensure_archive(dataset: str, archive: Path) -> None:
     sys.exit(f"error: {archive} not found; pass --archive PATH to a {dataset} binary .tar.gz")
 
 
-def first_reached(run: dict, threshold: float) -> tuple[int, float, float] | None:
-    """(epoch, wall s, CPU s) at the end of the first epoch whose val accuracy reaches `threshold`."""
-    wall = cpu = 0.0
-    cpus = run.get("epoch_cpu_seconds") or [0.0] * len(run["epoch_seconds"])
-    for epoch, (value, spent, used) in enumerate(
-        zip(run["history"]["val_accuracy"], run["epoch_seconds"], cpus, strict=True), 1
-    ):
-        wall, cpu = wall + spent, cpu + used
-        if value >= threshold:
-            return epoch, wall, cpu
-    return None
-
-
 def summarise(runs: list[dict], thresholds: tuple[float, ...]) -> dict:
     summary = {
         "seeds": [r["config"]["seed"] for r in runs],
@@ -132,21 +132,7 @@ def summarise(runs: list[dict], thresholds: tuple[float, ...]) -> dict:
     for key in ("test_accuracy", "test_top5_accuracy", "final_val_accuracy"):
         summary[key] = mean_std([r[key] for r in runs])
     summary["per_seed_test_accuracy"] = [r["test_accuracy"] for r in runs]
-    summary["time_to"] = {}
-    for t in thresholds:
-        hits = [h for h in (first_reached(r, t) for r in runs) if h]
-        summary["time_to"][str(t)] = {
-            "reached": len(hits),
-            "of": len(runs),
-            **(
-                {
-                    "epochs": statistics.fmean(h[0] for h in hits),
-                    "minutes": statistics.fmean(h[1] for h in hits) / 60,
-                }
-                if hits
-                else {}
-            ),
-        }
+    summary["time_to"] = {str(t): time_to(runs, t) for t in thresholds}
     curves = [r["history"]["val_accuracy"] for r in runs]
     summary["val_curve"] = [statistics.fmean(v) for v in zip(*curves, strict=False)] if len(runs) > 1 else curves[0]
     return summary
@@ -208,25 +194,66 @@ def markdown(out: Path) -> str:
             "| contender | " + " | ".join(f"val ≥ {t}" for t in thresholds) + " |",
             "|---|" + "---|" * len(thresholds),
         ]
-        for name, s in summaries.items():
-            cells = []
-            for t in thresholds:
-                hit = s["time_to"][str(t)]
-                cells.append(
-                    f"epoch {hit['epochs']:.1f}, {hit['minutes']:.1f} min ({hit['reached']}/{hit['of']})"
-                    if hit["reached"]
-                    else f"no (0/{hit['of']})"
-                )
-            lines.append(f"| {CONTENDERS[name]['title']} | " + " | ".join(cells) + " |")
+        screened = load_runs(out, target, SCREENING)
+        if screened and runs.get(FAST):  # the recipe every screened one changes, as the first row
+            screened = {
+                "(none: the fast recipe, seed 1)": [r for r in runs[FAST] if r["config"]["seed"] == 1]
+            } | screened
+            screened = {name: group for name, group in screened.items() if group}
+        for title, group in [(CONTENDERS[n]["title"], r) for n, r in runs.items() if n in CONTENDERS] + [
+            (f"screening: `{n}`", r) for n, r in screened.items()
+        ]:
+            lines.append(f"| {title} | " + " | ".join(time_to_cell(time_to(group, t)) for t in thresholds) + " |")
         lines += ["", "### Validation accuracy by epoch (mean over seeds)", ""]
         for name, s in summaries.items():
             lines.append(f"- {CONTENDERS[name]['title']}: " + ", ".join(f"{v:.3f}" for v in s["val_curve"]))
+        for name, group in screened.items():
+            curve = [statistics.fmean(v) for v in zip(*(r["history"]["val_accuracy"] for r in group), strict=False)]
+            lines.append(f"- screening `{name}`: " + ", ".join(f"{v:.3f}" for v in curve))
+        if screened:
+            lines += [
+                "",
+                "### Screening (validation only; the test images are not read)",
+                "",
+                "Each recipe is the fast recipe with the overrides shown; chosen on these numbers alone.",
+                "",
+                *SCREENING_HEADER,
+                *screening_rows(screened),
+            ]
         lines.append("")
     return "\n".join(lines)
 
 
 def slug(name: str, seed: int) -> str:
-    return f"{re.sub(r'[^a-z0-9]+', '-', name.lower())}-seed{seed}.json"
+    text = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    if len(text) > 80:  # a long list of overrides: a readable start and a digest of the whole
+        text = f"{text[:60]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+    return f"{text}-seed{seed}.json"
+
+
+def chosen(args: argparse.Namespace) -> list[tuple[str, dict, str]]:
+    """(name, contender, results kind) for each contender this invocation runs."""
+    if args.screen:
+        return [
+            (
+                recipe,
+                {
+                    "contender": "pipeline",
+                    "overrides": [*CONTENDERS[FAST]["overrides"], *recipe.split()],
+                    "validation_only": True,
+                    "title": recipe,
+                },
+                SCREENING,
+            )
+            for recipe in args.screen
+        ]
+    picked = []
+    for name in args.only:
+        contender = CONTENDERS[name]
+        if args.epochs and not contender.get("budget"):
+            contender = contender | {"overrides": [*contender["overrides"], f"train.epochs={args.epochs}"]}
+        picked.append((name, contender, RUNS))
+    return picked
 
 
 def main() -> None:
@@ -242,6 +269,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="the fast recipe's epochs instead of its own (smoke runs)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/full_scale")
     parser.add_argument("--render", action="store_true", help="only rewrite results.md from --out")
+    parser.add_argument(
+        "--screen",
+        nargs="+",
+        metavar="RECIPE",
+        help="choose recipes on validation only (test images never read): each RECIPE is a space-separated list "
+        "of dvc-style key=value overrides of the fast recipe (seed 1 unless --seeds); kept under <dataset>/screening/",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.render:
@@ -250,15 +284,13 @@ def main() -> None:
     dataset, label_mode = TARGETS[args.dataset]
     archive = args.archive or ARCHIVES[dataset]
     ensure_archive(dataset, archive)
-    folder = runs_dir(args.out, args.dataset)
-    folder.mkdir(parents=True, exist_ok=True)
+    (args.out / args.dataset).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, open(args.out / args.dataset / "runs.log", "a") as log:
         data = Path(tmp) / "split"
         images = None
-        for name in args.only:
-            contender = CONTENDERS[name]
-            if args.epochs and not contender.get("budget"):
-                contender = contender | {"overrides": [*contender["overrides"], f"train.epochs={args.epochs}"]}
+        for name, contender, kind in chosen(args):
+            folder = runs_dir(args.out, args.dataset, kind)
+            folder.mkdir(parents=True, exist_ok=True)
             for seed in args.seeds or ([1, 2, 3] if name == FAST else [1]):
                 path = folder / slug(name, seed)
                 values = resolved(contender, seed)
@@ -288,9 +320,13 @@ def main() -> None:
                     "finished": time.strftime("%Y-%m-%d %H:%M"),
                 }
                 path.write_text(json.dumps(result, indent=1))
+                score = (
+                    f"test accuracy {result['test_accuracy']:.4f}"
+                    if kind == RUNS
+                    else (f"val accuracy {result['final_val_accuracy']:.4f}")
+                )
                 print(
-                    f"  test accuracy {result['test_accuracy']:.4f}, {len(result['epoch_seconds'])} epochs, "
-                    f"{(time.time() - start) / 60:.1f} min",
+                    f"  {score}, {len(result['epoch_seconds'])} epochs, {(time.time() - start) / 60:.1f} min",
                     flush=True,
                 )
                 (args.out / "results.md").write_text(markdown(args.out))

@@ -115,6 +115,15 @@ def test_full_scale_benchmark_gives_the_seed_contenders_the_fast_recipes_time_an
     report = (tmp_path / "results.md").read_text()
     assert "## cifar100\n" in report and "| fast recipe (its own epochs) | **" in report
     assert "### Time to validation accuracy" in report and "val ≥ 0.7 |" in report
+    # Screening: validation only, kept apart from the runs, on the report with the recipe it changes.
+    recipe = "train.lookahead=true train.epochs=1"
+    screened = run_benchmark("full_scale.py", *args, "--screen", recipe)
+    [screen] = (tmp_path / "cifar100" / "screening").glob("*.json")
+    result = json.loads(screen.read_text())
+    assert result["train_params"]["lookahead"] is True and "test_accuracy" not in result
+    assert "val accuracy" in screened.stdout and "test accuracy" not in screened.stdout
+    report = (tmp_path / "results.md").read_text()
+    assert f"| `{recipe}` |" in report and "| `(none: the fast recipe, seed 1)` |" in report
 
 
 def test_footprint_benchmark_smoke_run_measures_cache_memory_and_speed(tmp_path):

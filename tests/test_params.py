@@ -85,7 +85,7 @@ def _with(raw, path, value):
             r"set train.lr_schedule.kind to one of them, or warmup_fraction to 0",
         ),
         ("train.lr_schedule.warmup_fraction", 1, r"warmup_fraction must be at least 0 and below 1, got 1"),
-        ("train.optimizer", "rmsprop", r"train.optimizer must be one of \['adam', 'adamw', 'sgd'\]"),
+        ("train.optimizer", "rmsprop", r"train.optimizer must be one of \['adam', 'adamw', 'sgd', 'muon'\]"),
         ("train.weight_decay", 0.0005, r"adam has no decoupled weight decay; set train.optimizer to adamw"),
         ("train.weight_decay", -0.1, r"train.weight_decay must be at least 0 and below 1, got -0.1"),
         ("train.momentum", 1.0, r"train.momentum must be at least 0 and below 1, got 1.0"),
@@ -215,7 +215,13 @@ def test_params_are_read_with_the_yaml_rules_dvc_uses(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "change", [{}, {"kind": "airbench"}, {"kind": "airbench", "bn_scale": False, "widths": (8, 16, 32)}]
+    "change",
+    [
+        {},
+        {"kind": "airbench"},
+        {"kind": "airbench", "bn_scale": False, "widths": (8, 16, 32)},
+        {"kind": "airbench", "whiten_bias_epochs": 3},
+    ],
 )
 def test_model_weights_estimate_matches_keras(change):
     import dataclasses
@@ -253,3 +259,18 @@ def test_the_default_network_is_the_seeds_with_keras_defaults():
     train = seed_params().train
     assert (train.model.kind, train.model.bn_momentum, train.model.bn_scale) == ("seed", 0.99, True)
     assert (train.model.test_views, train.augment.fill, train.ema_momentum) == ("none", "mean", None)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"lookahead": True, "ema_momentum": 0.9}, "train.lookahead and train.ema_momentum are both set"),
+        ({"bn_bias_lr_scale": 64.0, "optimizer": "adamw"}, "train.bn_bias_lr_scale is 64.0, but only sgd"),
+    ],
+)
+def test_airbench_pieces_that_cannot_go_together_are_refused_in_one_line(raw, change, message):
+    changed = raw
+    for key, value in change.items():
+        changed = _with(changed, f"train.{key}", value)
+    with pytest.raises(ParamsError, match=message):
+        parse_params(changed)

@@ -25,10 +25,10 @@ WHITENING_FILTERS = 24  # a 2x2x3 patch has 12 dimensions; each eigenvector and 
 
 
 def airbench_weights(model: ModelParams, num_classes: int) -> int:
-    """The bias-free patch-whitening convolution, three groups of two bias-free convs with their
+    """The patch-whitening convolution (with a bias when it trains one), three groups of two bias-free convs with their
     BatchNormalization (4 weights a channel with a learned scale, 3 without), a bias-free head."""
     per_bn = 4 if model.bn_scale else 3
-    total, channels = 12 * WHITENING_FILTERS, WHITENING_FILTERS
+    total, channels = 12 * WHITENING_FILTERS + (WHITENING_FILTERS if model.whiten_bias_epochs else 0), WHITENING_FILTERS
     for width in model.widths:
         total += 9 * channels * width + 9 * width * width + 2 * per_bn * width
         channels = width

@@ -85,6 +85,9 @@ class ModelParams:
     bn_momentum: float = declared(fraction, 0.99)
     bn_scale: bool = declared(boolean, True)
     test_views: str = declared(choice("none", "flip", "flip_translate"), "none")
+    # airbench's pieces (docs/networks.md); the defaults leave them out.
+    dirac_init: bool = declared(boolean, False)
+    whiten_bias_epochs: int = declared(integer(minimum=0), 0)
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ class TrainParams:
     seed: int = declared(integer(minimum=0, maximum=MAX_SEED))
     epochs: int = declared(integer(minimum=1))
     batch_size: int = declared(integer(minimum=1))
-    optimizer: str = declared(choice("adam", "adamw", "sgd"))
+    optimizer: str = declared(choice("adam", "adamw", "sgd", "muon"))
     learning_rate: float = declared(number(lambda x: x > 0, "> 0"))
     weight_decay: float = declared(fraction)
     momentum: float = declared(fraction)
@@ -120,6 +123,10 @@ class TrainParams:
     lr_schedule: ScheduleParams
     augment: AugmentParams
     model: ModelParams
+    # airbench's pieces (docs/networks.md); the defaults leave them out.
+    lookahead: bool = declared(boolean, False)
+    # BatchNormalization biases' rate as a multiple of the others' (airbench: 64); sgd only.
+    bn_bias_lr_scale: float = declared(number(lambda x: x > 0, "> 0"), 1.0)
 
 
 @dataclass(frozen=True)
@@ -170,6 +177,23 @@ def weight_averaging_averages(train: TrainParams) -> None:
         )
 
 
+def one_weight_average(train: TrainParams) -> None:
+    if train.lookahead and train.ema_momentum:
+        fail(
+            "train.lookahead and train.ema_momentum are both set;",
+            "each averages the weights: set train.ema_momentum to null, or train.lookahead to false",
+        )
+
+
+def bias_rates_need_sgd(train: TrainParams) -> None:
+    if train.bn_bias_lr_scale != 1.0 and train.optimizer != "sgd":
+        fail(
+            f"train.bn_bias_lr_scale is {train.bn_bias_lr_scale}, but",
+            f"only sgd scales the BatchNormalization biases' rate ({train.optimizer} adapts each rate itself); "
+            "set train.optimizer to sgd, or train.bn_bias_lr_scale to 1",
+        )
+
+
 def boundaries_increase(schedule: ScheduleParams) -> None:
     if list(schedule.boundaries) != sorted(set(schedule.boundaries)):
         fail("train.lr_schedule.boundaries", f"must be strictly increasing, got {list(schedule.boundaries)}")
@@ -208,7 +232,7 @@ def one_dropout_per_block(model: ModelParams) -> None:
 
 
 RULES: Rules = {
-    TrainParams: (adam_has_no_weight_decay, weight_averaging_averages),
+    TrainParams: (adam_has_no_weight_decay, weight_averaging_averages, one_weight_average, bias_rates_need_sgd),
     ScheduleParams: (boundaries_increase, only_some_schedules_warm_up),
     ModelParams: (three_airbench_groups, blocks_fit_the_image, one_dropout_per_block),
 }

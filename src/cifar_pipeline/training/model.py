@@ -20,6 +20,8 @@ from cifar_pipeline.core.params import ModelParams
 from cifar_pipeline.data.channel_stats import ChannelStats
 
 WHITENING_LAYER = "whiten"
+HEAD_LAYER = "head"
+OUTPUT_LAYER = "probabilities"
 WHITENING_EPSILON = 5e-4  # keeps the near-zero eigenvalues of smooth patches from blowing up
 HEAD_SCALE = 1 / 9  # airbench's: small initial logits, the head trains as if its rate were lower
 CHUNK = 512
@@ -59,8 +61,12 @@ def seed_body(x, params: ModelParams):
 
 def airbench_body(x, params: ModelParams):
     """Frozen 2x2 patch whitening (its filters come from `patch_whitening`), three conv groups,
-    global max-pool. Returns the pooled features; the head is a bias-free, scaled linear layer."""
-    x = layers.Conv2D(WHITENING_FILTERS, 2, use_bias=False, trainable=False, name=WHITENING_LAYER)(x)
+    global max-pool. Returns the pooled features; the head is a bias-free, scaled linear layer.
+
+    With `whiten_bias_epochs`, the whitening layer has a bias and is trainable: the optimizer
+    (`variable_rules`) keeps its kernel frozen and trains the bias for those epochs only."""
+    trains_bias = params.whiten_bias_epochs > 0
+    x = layers.Conv2D(WHITENING_FILTERS, 2, use_bias=trains_bias, trainable=trains_bias, name=WHITENING_LAYER)(x)
     x = layers.Activation("gelu", name="whiten_gelu")(x)
     for index, width in enumerate(params.widths, start=1):
         x = conv_group(x, params, width, index)
@@ -80,12 +86,12 @@ def build_classifier(params: ModelParams, num_classes: int, stats: ChannelStats)
     )(inputs)
     if params.kind == "airbench":
         x = airbench_body(x, params)
-        x = layers.Dense(num_classes, use_bias=False, name="head")(x)
+        x = layers.Dense(num_classes, use_bias=False, name=HEAD_LAYER)(x)
         x = layers.Rescaling(HEAD_SCALE, name="head_scale")(x)
-        outputs = layers.Activation("softmax", name="probabilities", dtype="float32")(x)
+        outputs = layers.Activation("softmax", name=OUTPUT_LAYER, dtype="float32")(x)
     else:
         x = seed_body(x, params)
-        outputs = layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")(x)
+        outputs = layers.Dense(num_classes, activation="softmax", name=OUTPUT_LAYER, dtype="float32")(x)
     return keras.Model(inputs, outputs, name="cifar_model")
 
 
@@ -114,12 +120,28 @@ def patch_whitening(images: np.ndarray, stats: ChannelStats) -> np.ndarray:
 
 
 def set_whitening(model: keras.Model, images: np.ndarray, stats: ChannelStats) -> None:
-    """Compute an airbench model's whitening filters from the training images; no-op for `seed`."""
+    """Compute an airbench model's whitening filters from the training images (a bias, if
+    any, starts at 0); no-op for `seed`."""
     try:
         layer = model.get_layer(WHITENING_LAYER)
     except ValueError:
         return
-    layer.set_weights([patch_whitening(images, stats)])
+    layer.set_weights([patch_whitening(images, stats), *(np.zeros(b.shape, np.float32) for b in layer.weights[1:])])
+
+
+def dirac_initialise(model: keras.Model) -> None:
+    """airbench's identity ("dirac") start: in each conv group's convolutions, the first
+    min(in, out) filters pass their own input channel through unchanged (a 1 at the kernel's
+    centre), so the deep network starts close to a shallow one; the rest keep Keras's
+    initialisation."""
+    for layer in model.layers:
+        if layer.name.startswith("group") and isinstance(layer, layers.Conv2D):
+            kernel = keras.ops.convert_to_numpy(layer.kernel).copy()
+            kh, kw, channels_in, channels_out = kernel.shape
+            shared = min(channels_in, channels_out)
+            kernel[..., :shared] = 0.0
+            kernel[kh // 2, kw // 2, np.arange(shared), np.arange(shared)] = 1.0
+            layer.kernel.assign(kernel)
 
 
 def exportable(classifier: keras.Model) -> keras.Model:

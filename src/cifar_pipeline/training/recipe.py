@@ -12,6 +12,8 @@ import keras
 
 from cifar_pipeline.core.metric_names import TOP5_ACCURACY
 from cifar_pipeline.core.params import ScheduleParams, TrainParams
+from cifar_pipeline.training.model import HEAD_LAYER, OUTPUT_LAYER, WHITENING_LAYER
+from cifar_pipeline.training.optimizers import ConvMuon, VariableRateSGD
 
 
 def learning_rate_schedule(
@@ -73,10 +75,12 @@ class Triangular(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def build_optimizer(settings: TrainParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """Adam (the seed's), AdamW or SGD with Nesterov momentum; weight decay is decoupled.
+    """Adam (the seed's), AdamW, SGD with Nesterov momentum, or Muon; weight decay is decoupled.
 
     With `ema_momentum`, the optimizer keeps a moving average of the weights (Keras's
     `use_ema`) and puts it in their place when `fit` ends; the model is saved with it.
+    airbench's per-variable rules (a multiple of the BatchNormalization biases' rate, the
+    whitening bias frozen after some epochs) are `VariableRates` on sgd and muon.
     """
     rate = learning_rate_schedule(settings.learning_rate, settings.lr_schedule, steps_per_epoch, settings.epochs)
     ema = {"use_ema": True, "ema_momentum": settings.ema_momentum} if settings.ema_momentum else {}
@@ -84,9 +88,33 @@ def build_optimizer(settings: TrainParams, steps_per_epoch: int) -> keras.optimi
         return keras.optimizers.Adam(rate, **ema)
     if settings.optimizer == "adamw":
         return keras.optimizers.AdamW(rate, weight_decay=settings.weight_decay, **ema)
-    return keras.optimizers.SGD(
-        rate, momentum=settings.momentum, nesterov=True, weight_decay=settings.weight_decay or None, **ema
+    rules = variable_rules(settings, steps_per_epoch)
+    if settings.optimizer == "muon":
+        return ConvMuon(
+            rate,
+            momentum=settings.momentum,
+            weight_decay=settings.weight_decay,
+            adam_weight_decay=settings.weight_decay,
+            exclude_layers=[HEAD_LAYER, OUTPUT_LAYER, WHITENING_LAYER],
+            **rules,
+            **ema,
+        )
+    return VariableRateSGD(
+        rate, momentum=settings.momentum, nesterov=True, weight_decay=settings.weight_decay or None, **rules, **ema
     )
+
+
+def variable_rules(settings: TrainParams, steps_per_epoch: int) -> dict:
+    """`VariableRates` arguments: BatchNormalization biases (`beta`) at `bn_bias_lr_scale` times
+    the rate; with a trained whitening bias, the whitening kernel frozen from the start and its
+    bias from the end of `whiten_bias_epochs`."""
+    rules: dict = {"rate_scales": {}, "frozen_from": {}}
+    if settings.bn_bias_lr_scale != 1.0:
+        rules["rate_scales"][r"_bn\d/beta$"] = settings.bn_bias_lr_scale
+    if settings.model.whiten_bias_epochs:
+        rules["frozen_from"][rf"^{WHITENING_LAYER}/kernel$"] = 0
+        rules["frozen_from"][rf"^{WHITENING_LAYER}/bias$"] = settings.model.whiten_bias_epochs * steps_per_epoch
+    return rules
 
 
 @keras.saving.register_keras_serializable(package="cifar_pipeline")

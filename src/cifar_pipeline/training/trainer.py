@@ -29,7 +29,8 @@ from cifar_pipeline.training.checkpoint import CheckpointError, Checkpoints, Tra
 from cifar_pipeline.training.distribution import Distribution, DistributionError, agree, peers_reported, resolve
 from cifar_pipeline.training.hardware import has_gpu, precision_policy
 from cifar_pipeline.training.input_pipeline import evaluation_dataset, steps_per_epoch, training_dataset
-from cifar_pipeline.training.model import build_classifier, exportable, set_whitening
+from cifar_pipeline.training.lookahead import Lookahead
+from cifar_pipeline.training.model import build_classifier, dirac_initialise, exportable, set_whitening
 from cifar_pipeline.training.recipe import compile_classifier, last_step_rate
 from cifar_pipeline.training.views import with_test_views
 
@@ -108,6 +109,8 @@ def new_classifier(
     """
     classifier = build_classifier(settings.model, num_classes=num_classes, stats=stats)
     set_whitening(classifier, train_images, stats)
+    if settings.model.dirac_init:
+        dirac_initialise(classifier)
     replicas = tf.distribute.get_strategy().num_replicas_in_sync  # made in the strategy's scope
     compile_classifier(classifier, settings, steps_per_epoch(len(train_images), settings.batch_size, replicas))
     return classifier
@@ -163,13 +166,16 @@ def fit_classifier(
     gives the augmentation's fill colour (the training split's mean)."""
     images, labels = train
     replicas = classifier.distribute_strategy.num_replicas_in_sync
+    steps = steps_per_epoch(len(images), settings.batch_size, replicas)
+    averaging = [Lookahead(steps * settings.epochs)] if settings.lookahead else []
     return classifier.fit(
         training_dataset(images, labels, settings.batch_size, settings.augment, settings.seed, stats.mean, replicas),
         validation_data=evaluation_dataset(*validation, settings.batch_size, replicas),
-        steps_per_epoch=steps_per_epoch(len(images), settings.batch_size, replicas),
+        steps_per_epoch=steps,
         epochs=settings.epochs,
         initial_epoch=initial_epoch,
-        callbacks=[StopOnNonFinite(), StopWhenInterrupted(), *(callbacks or [])],
+        # Lookahead first: an epoch's checkpoint (EpochLogger) holds the weights it left.
+        callbacks=[StopOnNonFinite(), StopWhenInterrupted(), *averaging, *(callbacks or [])],
         shuffle=False,  # the dataset shuffles (seeded) itself
         verbose=2,
     )

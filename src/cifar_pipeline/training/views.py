@@ -72,5 +72,11 @@ def with_test_views(model: keras.Model, views: str) -> keras.Model:
     inputs = keras.Input(IMAGE_SHAPE, name="image")
     pixels = layers.Identity(name="pixels", dtype="float32")(inputs)
     outputs = [model(view(pixels, mirrored, shift, index)) for index, (mirrored, shift) in enumerate(VIEWS[views])]
+    if views == "flip_translate":
+        # airbench's weights: the unshifted pair 1/2, the four shifted views 1/8 each.
+        outputs = [
+            layers.Average(name="mean_unshifted", dtype="float32")(outputs[:2]),
+            layers.Average(name="mean_shifted", dtype="float32")(outputs[2:]),
+        ]
     mean = layers.Average(name="mean_over_views", dtype="float32")(outputs)
     return keras.Model(inputs, mean, name=f"{model.name}_{views}")
