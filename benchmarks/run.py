@@ -116,17 +116,22 @@ def train_speed(size: dict) -> list[dict]:
         warm_up(20)
     results = []
     for name, config, env in configs:
-        print(f"  training speed: {name} ...", flush=True)
         config = base | config
         if size is SMOKE:
             config["images"] = base["images"]
-        command = [sys.executable, str(ROOT / "benchmarks/train_speed.py"), json.dumps(config)]
-        out = subprocess.run(command, capture_output=True, text=True, env=environment() | env, check=False)
-        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if line is None:
-            raise RuntimeError(f"{name} failed:\n{out.stderr[-3000:]}")
-        results.append({"name": name, **json.loads(line.removeprefix("RESULT "))})
+        results.append(measure_training(name, config, env))
     return results
+
+
+def measure_training(name: str, config: dict, env: dict[str, str]) -> dict:
+    """One `train_speed.py` configuration in its own process (TF reads its env vars at import)."""
+    print(f"  training speed: {name} ...", flush=True)
+    command = [sys.executable, str(ROOT / "benchmarks/train_speed.py"), json.dumps(config)]
+    out = subprocess.run(command, capture_output=True, text=True, env=environment() | env, check=False)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"{name} failed:\n{out.stderr[-3000:]}")
+    return {"name": name, **json.loads(line.removeprefix("RESULT "))}
 
 
 def data_stages(size: dict, work: Path) -> dict:
@@ -234,7 +239,9 @@ def report(results: dict, out: Path) -> None:
     lines += [
         "",
         f"Peak measured in the same process as 'ours': matmul {peaks['matmul']:.0f} GFLOP/s, conv {peaks['conv']:.0f} "
-        f"GFLOP/s; training cost {ours['train_mflop_per_image']:.0f} MFLOP per image (3x forward) for the seed "
+        f"GFLOP/s in float32; {peaks.get('matmul_bfloat16', 0):.0f} and {peaks.get('conv_bfloat16', 0):.0f} in "
+        "bfloat16 (*of peak* is against the step's own compute dtype); "
+        f"training cost {ours['train_mflop_per_image']:.0f} MFLOP per image (3x forward) for the seed "
         f"network, {results['training'][1]['train_mflop_per_image']:.0f} for the fast one. "
         f"Ours / seed-style baseline: **{results['ratio_vs_baseline']:.2f}x**.",
         "",

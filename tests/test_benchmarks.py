@@ -126,6 +126,14 @@ def test_full_scale_benchmark_gives_the_seed_contenders_the_fast_recipes_time_an
     assert f"| `{recipe}` |" in report and "| `(none: the fast recipe, seed 1)` |" in report
 
 
+def test_step_share_benchmark_smoke_run_reports_the_share_of_the_dtypes_peak(tmp_path):
+    run_benchmark("step_share.py", "--smoke", "--out", str(tmp_path))
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert [r["config"]["batch_size"] for r in runs] == [32, 32] and all(r["config"]["network"] == "fast" for r in runs)
+    assert all(r["fraction_of_peak"] > 0 and r["achieved_gflops"] > 0 for r in runs)
+    assert "| batch 128 (the fast recipe's) |" in (tmp_path / "results.md").read_text()
+
+
 def test_footprint_benchmark_smoke_run_measures_cache_memory_and_speed(tmp_path):
     run_benchmark("footprint.py", "--smoke", "--out", str(tmp_path))
     data = json.loads((tmp_path / "results.json").read_text())

@@ -1,0 +1,88 @@
+"""Where the fast network's train step goes: its share of this machine's peak, side by side.
+
+    python benchmarks/step_share.py            # ~10 minutes on 2 cores
+    python benchmarks/step_share.py --smoke    # the code paths only (what the tests run)
+
+Each configuration is the fast recipe's network trained on random uint8 images by the train
+stage's own input pipeline and `fit`, in its own process, which also measures the matmul and
+conv peaks in float32 and bfloat16 (`train_speed.py`); *of peak* is the step's achieved
+GFLOP/s (3x the forward pass) against the peak of its own compute dtype. One variable
+changes at a time from the first row, so each row's difference is that variable's cost.
+Writes results.json and results.md to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from accuracy import machine  # noqa: E402
+from run import measure_training, warm_up  # noqa: E402
+
+FAST = {"pipeline": "ours", "network": "fast"}
+CONFIGS: list[tuple[str, dict, dict[str, str]]] = [
+    ("batch 128 (the fast recipe's)", {"batch_size": 128}, {}),
+    ("batch 512", {"batch_size": 512}, {}),
+    ("batch 1024", {"batch_size": 1024}, {}),
+    ("batch 512, no augmentation (input pipeline's share)", {"batch_size": 512, "augment": False}, {}),
+    ("batch 512, float32", {"batch_size": 512, "mixed_precision": False}, {}),
+    ("batch 512, XLA jit_compile", {"batch_size": 512, "jit_compile": True}, {}),
+    ("batch 512, oneDNN off", {"batch_size": 512}, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+]
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    first = results["runs"][0]
+    peaks = first["peak_gflops"]
+    lines = [
+        "# The fast network's train step against the machine's peak",
+        "",
+        f"Written by `benchmarks/step_share.py` on {results['date']}. Machine: {m['cpu']}, {m['cores']} cores, "
+        f"{' '.join(m['simd'])}. {results['images']} random images, {results['epochs']} epochs per row; medians "
+        "over epochs 2..N. Peaks in the first row's process: matmul "
+        f"{peaks['matmul']:.0f} / conv {peaks['conv']:.0f} GFLOP/s float32, matmul "
+        f"{peaks.get('matmul_bfloat16', 0):.0f} / conv {peaks.get('conv_bfloat16', 0):.0f} GFLOP/s bfloat16 "
+        f"(0: not measured, no native bf16). Training cost {first['train_mflop_per_image']:.0f} "
+        "MFLOP per image (3x forward).",
+        "",
+        "| setup | compute dtype | steady img/s | epoch wall img/s | achieved GFLOP/s | of peak (own dtype) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results["runs"]:
+        lines.append(
+            f"| {r['name']} | {r['dtype_policy']} | {r['steady_img_s']:.0f} | {r['epoch_wall_img_s']:.0f} "
+            f"| {r['achieved_gflops']:.0f} | {r['fraction_of_peak']:.0%} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the code, measures nothing useful")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/step_share")
+    args = parser.parse_args()
+    images, epochs = (64, 2) if args.smoke else (4096, 3)
+    configs = CONFIGS[:2] if args.smoke else CONFIGS
+    if not args.smoke:
+        warm_up(20)
+    results = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "images": images, "epochs": epochs}
+    results["runs"] = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, config, env in configs:
+        batch = min(config["batch_size"], images // 2) if args.smoke else config["batch_size"]
+        run = measure_training(name, FAST | config | {"images": images, "epochs": epochs, "batch_size": batch}, env)
+        results["runs"].append(run)
+        (args.out / "results.json").write_text(json.dumps(results, indent=1))
+        (args.out / "results.md").write_text(markdown(results))
+    print((args.out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
