@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cifar_pipeline.core.params import ScheduleParams
+from cifar_pipeline.training.optimizers import ConvMuon, VariableRateSGD
 from cifar_pipeline.training.recipe import (
     SparseCrossentropy,
     build_optimizer,
@@ -84,7 +85,8 @@ def test_the_schedule_really_drives_the_optimizer_inside_fit():
     [
         ("adam", 0.0, keras.optimizers.Adam),
         ("adamw", 0.01, keras.optimizers.AdamW),
-        ("sgd", 5e-4, keras.optimizers.SGD),
+        ("sgd", 5e-4, VariableRateSGD),  # Keras's SGD with airbench's per-variable rules
+        ("muon", 0.01, ConvMuon),  # Keras's Muon, conv kernels included
     ],
 )
 def test_optimizers(name, decay, kind):
@@ -92,7 +94,7 @@ def test_optimizers(name, decay, kind):
     optimizer = build_optimizer(settings, steps_per_epoch=SPE)
     assert type(optimizer) is kind
     assert (optimizer.weight_decay or 0.0) == pytest.approx(decay)
-    if name == "sgd":
+    if name in ("sgd", "muon"):
         assert optimizer.nesterov and optimizer.momentum == pytest.approx(settings.momentum)
 
 
