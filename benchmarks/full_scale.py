@@ -58,18 +58,25 @@ SEED_REPORTED = {"cifar10": "0.9029", "cifar100": "0.5744", "cifar100-coarse": "
 
 FAST, SEED, PORT = "fast", "seed", "seed-port"
 CONTENDERS: dict[str, dict] = {
-    FAST: {"contender": "pipeline", "overrides": ["recipe=fast"], "title": "fast recipe (its own epochs)"},
+    FAST: {
+        "contender": "pipeline",
+        "overrides": ["recipe=fast"],
+        "title": "fast recipe (its own epochs)",
+        "short": "**fast recipe** (the default), 10 epochs",
+    },
     SEED: {
         "contender": "pipeline",
         "overrides": ["recipe=seed"],
         "budget": True,
         "title": "seed recipe (the seed's network, bugs fixed), same wall-clock budget",
+        "short": "seed recipe (the previous default), same training time",
     },
     PORT: {
         "contender": "seed_port",
         "epochs": 200,
         "budget": True,
         "title": "seed script, literal port, same wall-clock budget",
+        "short": "seed script, literal port, same training time",
     },
 }
 
@@ -224,6 +231,50 @@ def markdown(out: Path) -> str:
     return "\n".join(lines)
 
 
+def compact(out: Path) -> str:
+    """The short tables the README and docs/accuracy.md show (copied from summary.md, which
+    `--render` writes; a test keeps the copies equal to it)."""
+
+    def number(x: float) -> str:
+        return f"{x:.1f}".removesuffix(".0")
+
+    def spread(values: list[float], bold: bool = False) -> str:
+        mean, std = mean_std(values)
+        text = f"{mean:.3f}" + (f" ± {std:.3f}" if len(values) > 1 else "")
+        return f"**{text}**" if bold else text
+
+    tables = []
+    for target in TARGETS:
+        runs = {n: r for n, r in load_runs(out, target).items() if n in CONTENDERS}
+        if not runs:
+            continue
+        thresholds = THRESHOLDS[next(iter(runs.values()))[0]["label_mode"]]
+        lines = [
+            f"| {target} | seeds | test accuracy | top-5 | epochs | training min | "
+            + " | ".join(f"val ≥ {t}: epoch / min" for t in thresholds)
+            + " |",
+            "|---|---|---|---|---|---|" + "---|" * len(thresholds),
+        ]
+        for name in CONTENDERS:
+            if name not in runs:
+                continue
+            group = runs[name]
+            cells = []
+            for t in thresholds:
+                hit = time_to(group, t)
+                partial = "" if hit["reached"] == hit["of"] else f" ({hit['reached']}/{hit['of']})"
+                cells.append(f"{number(hit['epochs'])} / {hit['seconds'] / 60:.1f}{partial}" if hit["reached"] else "–")
+            lines.append(
+                f"| {CONTENDERS[name]['short']} | {', '.join(str(r['config']['seed']) for r in group)} "
+                f"| {spread([r['test_accuracy'] for r in group], bold=True)} "
+                f"| {spread([r['test_top5_accuracy'] for r in group])} "
+                f"| {', '.join(str(len(r['epoch_seconds'])) for r in group)} "
+                f"| {statistics.fmean(sum(r['epoch_seconds']) for r in group) / 60:.1f} | " + " | ".join(cells) + " |"
+            )
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables) + "\n"
+
+
 def slug(name: str, seed: int) -> str:
     text = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     if len(text) > 80:  # a long list of overrides: a readable start and a digest of the whole
@@ -280,6 +331,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.render:
         (args.out / "results.md").write_text(markdown(args.out))
+        (args.out / "summary.md").write_text(compact(args.out))
         return
     dataset, label_mode = TARGETS[args.dataset]
     archive = args.archive or ARCHIVES[dataset]
@@ -330,6 +382,7 @@ def main() -> None:
                     flush=True,
                 )
                 (args.out / "results.md").write_text(markdown(args.out))
+                (args.out / "summary.md").write_text(compact(args.out))
 
 
 if __name__ == "__main__":

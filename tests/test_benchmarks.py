@@ -126,6 +126,21 @@ def test_full_scale_benchmark_gives_the_seed_contenders_the_fast_recipes_time_an
     assert f"| `{recipe}` |" in report and "| `(none: the fast recipe, seed 1)` |" in report
 
 
+def test_the_readme_and_docs_full_scale_tables_are_the_committed_results():
+    """One place for each number: README and docs/accuracy.md copy summary.md, which
+    `full_scale.py --render` writes from the committed runs."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from full_scale import compact
+
+    out = ROOT / "benchmarks/results/full_scale"
+    summary = (out / "summary.md").read_text()
+    assert summary == compact(out)
+    for document in ("README.md", "docs/accuracy.md"):
+        text = (ROOT / document).read_text()
+        for table in summary.strip().split("\n\n"):
+            assert table in text, f"{document}: rerun `python benchmarks/full_scale.py --render` and copy summary.md"
+
+
 def test_step_share_benchmark_smoke_run_reports_the_share_of_the_dtypes_peak(tmp_path):
     run_benchmark("step_share.py", "--smoke", "--out", str(tmp_path))
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
