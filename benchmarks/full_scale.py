@@ -56,8 +56,14 @@ THRESHOLDS = {"label": (0.85, 0.90, 0.93, 0.94), "fine": (0.50, 0.60, 0.65, 0.70
 # Published test accuracy of the seed script after 200 GPU epochs (its own logs).
 SEED_REPORTED = {"cifar10": "0.9029", "cifar100": "0.5744", "cifar100-coarse": "none"}
 
-FAST, SEED, PORT = "fast", "seed", "seed-port"
+FAST, SEED, PORT, WHOLE = "fast", "seed", "seed-port", "airbench94"
 CONTENDERS: dict[str, dict] = {
+    WHOLE: {
+        "contender": "pipeline",
+        "overrides": [f"recipe={WHOLE}"],
+        "title": "airbench94 recipe (its own epochs)",
+        "short": "**airbench94 recipe**, 10 epochs",
+    },
     FAST: {
         "contender": "pipeline",
         "overrides": ["recipe=fast"],
@@ -311,7 +317,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", choices=list(TARGETS), default="cifar10", help="cifar100: fine labels")
     parser.add_argument("--archive", type=Path, help="the dataset's binary .tar.gz (default: the dev archive)")
-    parser.add_argument("--only", nargs="+", choices=list(CONTENDERS), default=list(CONTENDERS))
+    parser.add_argument("--only", nargs="+", choices=list(CONTENDERS), default=[FAST, SEED, PORT])
     parser.add_argument(
         "--seeds", type=int, nargs="+", help="seeds for every contender in --only (default: fast 1 2 3, the others 1)"
     )
@@ -343,7 +349,7 @@ def main() -> None:
         for name, contender, kind in chosen(args):
             folder = runs_dir(args.out, args.dataset, kind)
             folder.mkdir(parents=True, exist_ok=True)
-            for seed in args.seeds or ([1, 2, 3] if name == FAST else [1]):
+            for seed in args.seeds or ([1, 2, 3] if name in (FAST, WHOLE) else [1]):
                 path = folder / slug(name, seed)
                 values = resolved(contender, seed)
                 if path.is_file():
