@@ -155,3 +155,20 @@ def test_a_fit_with_every_piece_trains_and_its_exported_model_reloads_the_same(t
     model.save(tmp_path / "model.keras")
     reloaded = keras.saving.load_model(tmp_path / "model.keras")
     np.testing.assert_allclose(reloaded.predict(IMAGES[:4], verbose=0), model.predict(IMAGES[:4], verbose=0), atol=1e-6)
+
+
+def test_a_checkpoint_keeps_the_optimizer_with_its_rules_and_state(tmp_path):
+    """What a resumed run loads (`Checkpoints` saves `.keras` files with the optimizer)."""
+    from cifar_pipeline.training.trainer import fit_classifier, new_classifier
+
+    settings = tiny_settings(epochs=1, bn_bias_lr_scale=64.0, momentum=0.85, model={"whiten_bias_epochs": 1})
+    classifier = new_classifier(settings, 10, STATS, IMAGES)
+    fit_classifier(classifier, settings, (IMAGES, LABELS), (IMAGES[:16], LABELS[:16]), STATS)
+    classifier.save(tmp_path / "epoch-0001.keras")
+    restored = keras.models.load_model(tmp_path / "epoch-0001.keras")
+    assert isinstance(restored.optimizer, VariableRateSGD)
+    assert restored.optimizer.rate_scales == classifier.optimizer.rate_scales
+    assert restored.optimizer.frozen_from == {"^whiten/kernel$": 0, "^whiten/bias$": 4}
+    assert int(restored.optimizer.iterations) == int(classifier.optimizer.iterations) == 4
+    for saved, loaded in zip(classifier.optimizer.variables, restored.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(saved), keras.ops.convert_to_numpy(loaded))
