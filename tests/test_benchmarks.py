@@ -146,7 +146,7 @@ def test_step_share_benchmark_smoke_run_reports_the_share_of_the_dtypes_peak(tmp
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert [r["config"]["batch_size"] for r in runs] == [32, 32] and all(r["config"]["network"] == "fast" for r in runs)
     assert all(r["fraction_of_peak"] > 0 and r["achieved_gflops"] > 0 for r in runs)
-    assert "| batch 128 (the fast recipe's) |" in (tmp_path / "results.md").read_text()
+    assert "| airbench94 recipe, batch 128 |" in (tmp_path / "results.md").read_text()
 
 
 def test_footprint_benchmark_smoke_run_measures_cache_memory_and_speed(tmp_path):
