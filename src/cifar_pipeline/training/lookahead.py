@@ -24,23 +24,23 @@ class Lookahead(keras.callbacks.Callback):
     def __init__(self, total_steps: int) -> None:
         super().__init__()
         self.total_steps = max(total_steps, 1)
+        self.fast: list = []
         self.slow: list[tf.Variable] = []
 
-    def _weights(self) -> list:
-        return [w for w in self.model.weights if w.dtype in ("float32", "float16", "bfloat16")]
-
     def on_train_begin(self, logs=None) -> None:
-        self.slow = [tf.Variable(tf.convert_to_tensor(w.value), trainable=False) for w in self._weights()]
+        # Every float weight, BatchNormalization's statistics included; listed once per fit.
+        self.fast = [w for w in self.model.weights if w.dtype in ("float32", "float16", "bfloat16")]
+        self.slow = [tf.Variable(tf.convert_to_tensor(w.value), trainable=False) for w in self.fast]
 
     def on_train_batch_end(self, batch: int, logs=None) -> None:
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         if step % EVERY:
             return
         decay = BASE_DECAY * min(step / self.total_steps, 1.0) ** 3
-        for slow, weight in zip(self.slow, self._weights(), strict=True):
+        for slow, weight in zip(self.slow, self.fast, strict=True):
             slow.assign(slow + (1.0 - decay) * (tf.cast(weight.value, slow.dtype) - slow))
             weight.assign(tf.cast(slow, weight.dtype))
 
     def on_train_end(self, logs=None) -> None:
-        for slow, weight in zip(self.slow, self._weights(), strict=True):
+        for slow, weight in zip(self.slow, self.fast, strict=True):
             weight.assign(tf.cast(slow, weight.dtype))
