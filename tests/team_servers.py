@@ -27,7 +27,12 @@ import pgserver
 
 BIN = Path(sys.executable).parent
 ADMIN = ("admin", "admin-password-for-tests")
-S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+# moto takes any keys; these are distinctive, so a test can search for the secret one.
+S3_KEYS = {
+    "AWS_ACCESS_KEY_ID": "AKIATEAMTESTS0000000",
+    "AWS_SECRET_ACCESS_KEY": "s3-secret-key-for-tests-7f3a",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 START_TIMEOUT_S = 120
 
 

@@ -133,6 +133,30 @@ def test_bad_values_name_the_key_and_what_is_allowed(raw, path, value, message):
         parse_params(_with(raw, path, value))
 
 
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("https://reader:tok3n@mirror.example.org/c.tar.gz", "a login"),
+        ("https://tok3n@mirror.example.org/c.tar.gz", "a login"),
+        ("https://mirror.example.org/c.tar.gz?access_token=tok3n", "parameter `access_token`"),
+        ("https://bucket.s3.amazonaws.com/c.tar.gz?X-Amz-Credential=a&X-Amz-Signature=tok3n", "X-Amz-Credential"),
+        ("https://storage.googleapis.com/b/c.tar.gz?X-Goog-Signature=tok3n", "parameter `X-Goog-Signature`"),
+        ("https://acct.blob.core.windows.net/c/c.tar.gz?sv=2024&sig=tok3n", "parameter `sig`"),
+    ],
+)
+def test_a_data_url_holding_a_secret_is_refused_without_quoting_it(raw, url, secret):
+    """params.yaml's URL goes into dvc.lock, DVC's run cache and git, where masking is too late."""
+    with pytest.raises(ParamsError, match=r"params.yaml: data.cifar10.url holds ") as refused:
+        parse_params(_with(raw, "data.cifar10.url", url))
+    assert secret in str(refused.value) and "tok3n" not in str(refused.value)
+    assert "~/.netrc" in str(refused.value) and len(str(refused.value).splitlines()) == 1
+
+
+def test_a_data_url_with_a_harmless_query_is_kept(raw):
+    url = "https://mirror.example.org/c.tar.gz?version=2&format=tar"
+    assert parse_params(_with(raw, "data.cifar10.url", url)).dataset("cifar10").url == url
+
+
 def test_recipe_knobs_parse(raw):
     changed = raw
     for path, value in [

@@ -93,24 +93,37 @@ def test_unwritable_output_folder(workdir, archives):
     assert len(errors) == 1 and "error: cannot write" in errors[0] and "Traceback" not in result.stderr
 
 
+LEAKABLE = "s3cr3t-t0ken"
+
+
 @pytest.mark.parametrize(
-    ("datasets", "message"),
+    ("change", "message"),
     [
-        ([], "'datasets' must be a non-empty list"),
-        (["cifar10", "cifar1000"], "unknown dataset 'cifar1000' (did you mean 'cifar100'?)"),
+        (lambda p: p.update(datasets=[]), "'datasets' must be a non-empty list"),
+        (
+            lambda p: p.update(datasets=["cifar10", "cifar1000"]),
+            "unknown dataset 'cifar1000' (did you mean 'cifar100'?)",
+        ),
+        (
+            lambda p: p["data"]["cifar100"].update(url=f"https://reader:{LEAKABLE}@mirror.example.org/c.tar.gz"),
+            "data.cifar100.url holds a login (`user:password@` before the host), which params.yaml, dvc.lock "
+            "and DVC's run cache would store: take it out and put `machine HOST login USER password TOKEN`",
+        ),
     ],
 )
-def test_dataset_list_problems_stop_dvc_repro_before_any_stage(tmp_path, datasets, message):
-    """Without the check_params stage DVC would run nothing and succeed ([]), or stop on
-    missing `data.cifar1000.*` keys without naming the allowed datasets."""
+def test_params_problems_stop_dvc_repro_before_any_stage(tmp_path, change, message):
+    """Without the check_params stage DVC would run nothing and succeed ([]), stop on missing
+    `data.cifar1000.*` keys without naming the allowed datasets, or store a token in dvc.lock."""
     path = create(tmp_path / "project", {})
-    edit_params(path, lambda p: p.update(datasets=datasets))
+    edit_params(path, change)
     result = run(path, "dvc", "repro", check=False)
     assert result.returncode != 0, result.stdout
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], result.stdout + result.stderr
     assert stages_run(result.stdout) == ["check_params"]
-    assert not (path / "data").exists()
+    assert not (path / "data").exists() and not (path / "dvc.lock").exists()
+    assert LEAKABLE not in result.stdout + result.stderr
+    assert not [p for p in (path / ".dvc/cache").rglob("*") if p.is_file() and LEAKABLE in p.read_text(errors="ignore")]
 
 
 @pytest.mark.parametrize("out", [".", "data", "theirs"])

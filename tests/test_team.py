@@ -189,6 +189,34 @@ def test_a_wrong_password_is_one_line_and_writes_nothing(alice, team):
     ]
 
 
+def test_a_login_in_the_tracking_uri_reaches_no_line_record_or_file(alice, team):
+    """MLflow accepts `http://user:password@host` and printed it in its "View run ... at:" line;
+    no line, file, MLflow record or server log may hold the password, nor the remote's S3 key."""
+    password = team.users["alice"]
+    env = {"MLFLOW_TRACKING_URI": team.url.replace("http://", f"http://alice:{password}@")} | FAST_FAILURE
+    edit_params(alice, lambda p: p["train"].update(epochs=2))
+    lines = [run(alice, "dvc", "repro", env=env), run(alice, "dvc", "push", env=env)]
+    printed = "".join(r.stdout + r.stderr for r in lines)
+    record = json.loads((alice / "models/cifar10/mlflow_run.json").read_text())
+    assert f"MLflow run {record['run_id']}: {team.url}/#/experiments/" in printed and "View run" not in printed
+
+    mlflow_run = team.api(f"runs/get?run_id={record['run_id']}")["run"]
+    version = team.api("registered-models/alias?name=cifar10&alias=champion")["model_version"]
+    experiment = mlflow_run["info"]["experiment_id"]
+    model_id = record["model_uri"].split("/")[-1]
+    prefixes = (f"mlflow/{experiment}/{record['run_id']}/", f"mlflow/{experiment}/models/{model_id}/")
+    artifacts = [key for key in team.objects("mlflow/") if key.startswith(prefixes)]
+    assert any(key.endswith(".keras") for key in artifacts), artifacts
+    places = {"printed lines": printed.encode(), "run and version": json.dumps([mlflow_run, version]).encode()}
+    places |= {key: team.s3().get_object(Bucket=team.bucket, Key=key)["Body"].read() for key in artifacts}
+    places |= {str(f): f.read_bytes() for f in team.folder.glob("*.log")}  # the servers' own output
+    kept = [f for f in alice.rglob("*") if f.is_file() and ".git" not in f.parts and f.name != "config.local"]
+    assert alice / "dvc.lock" in kept and any("runs" in f.parts for f in kept), "run cache"
+    places |= {str(f): f.read_bytes() for f in kept}
+    for secret in (password, S3_KEYS["AWS_SECRET_ACCESS_KEY"]):
+        assert [where for where, content in places.items() if secret.encode() in content] == [], secret
+
+
 @pytest.mark.parametrize(
     ("what", "messages"),
     [

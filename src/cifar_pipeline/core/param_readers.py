@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, field, fields, is_dataclass
 from typing import Any
 
-from cifar_pipeline.core.errors import PipelineError
+from cifar_pipeline.core.errors import PipelineError, url_secret
 
 
 class ParamsError(PipelineError, ValueError):
@@ -86,6 +86,22 @@ def auto_or_bool(value: Any, where: str) -> str | bool:
 def text(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
         fail(where, f"must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def stored_url(value: Any, where: str) -> str:
+    """A URL that params.yaml, dvc.lock and DVC's run cache will keep: refused while it holds a
+    secret, which would then be in git and every cache (the error names the key, not the secret)."""
+    if not isinstance(value, str) or not value.strip():
+        fail(where, "must be a URL or a path")
+    secret = url_secret(value.strip())
+    if secret is not None:
+        fail(
+            where,
+            f"holds {secret}, which params.yaml, dvc.lock and DVC's run cache would store: take it out "
+            f"and put `machine HOST login USER password TOKEN` in ~/.netrc (or the file $NETRC names); "
+            f"for a pre-signed URL, download the archive yourself and set the url to its path",
+        )
     return value.strip()
 
 

@@ -42,6 +42,7 @@ from cifar_pipeline.core.param_readers import (
     number,
     optional,
     read_section,
+    stored_url,
     text,
 )
 from cifar_pipeline.core.yaml_reader import YamlTooBig, read_yaml
@@ -58,7 +59,7 @@ MAX_MODEL_WEIGHTS = 100_000_000  # a 100 M-weight model needs ~1.6 GB with Adam'
 
 @dataclass(frozen=True)
 class DataParams:
-    url: str = declared(text)
+    url: str = declared(stored_url)
     md5: str = declared(md5)
     # Every dataset has label_mode (CIFAR-10's only one is "label"), so the split stage can
     # depend on `data.<d>.label_mode` alone; its choices are the dataset's (see `_data`).

@@ -1,9 +1,9 @@
 """Fetching an archive from an http(s) URL, a file:// URL or a local path, verified by MD5.
 
-A mirror that wants a login takes it from the URL's userinfo (`https://user:token@host/...`)
-or, better, from `~/.netrc` (or the file `$NETRC` names), as curl and pip do: the URL in
-params.yaml, dvc.lock and MLflow then holds no secret. Credentials go only to that host (an
-unredirected header), and every URL the project prints or records is redacted (`errors.redact`).
+A mirror that wants a login takes it from `~/.netrc` (or the file `$NETRC` names), as curl and
+pip do, never from the URL: the URL is stored in params.yaml, dvc.lock and DVC's run cache, so
+the params check refuses one with a login or token (`param_readers.stored_url`). The login goes
+only to that host (an unredirected header).
 
 Downloads stream into `<cache>/<md5>.tar.gz.part`, which survives an interrupted run; the next
 run asks the server for the rest (HTTP Range) and falls back to a full download if the
@@ -20,7 +20,7 @@ import os
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import unquote, urlparse, urlunparse
+from urllib.parse import unquote, urlparse
 
 from tqdm import tqdm
 
@@ -142,8 +142,8 @@ def _download(url: str, part: Path, timeout: float) -> None:
     headers = {"User-Agent": "cifar-pipeline"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
-    address, login = credentials(url)
-    request = urllib.request.Request(address, headers=headers)  # noqa: S310 (only http/https reach here)
+    login = netrc_login(url)
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310 (only http/https reach here)
     if login:  # not passed on to whatever host a redirect names (a presigned S3 URL, say)
         token = base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode("ascii")
         request.add_unredirected_header("Authorization", f"Basic {token}")
@@ -193,19 +193,13 @@ def _download(url: str, part: Path, timeout: float) -> None:
         )
 
 
-def credentials(url: str) -> tuple[str, tuple[str, str] | None]:
-    """The URL without its userinfo, and the (user, password) to send: the URL's own, else the
-    netrc entry for its host (`machine HOST login USER password PASS`), else none."""
+def netrc_login(url: str) -> tuple[str, str] | None:
+    """The (user, password) of the netrc entry for the URL's host
+    (`machine HOST login USER password PASS`), or None."""
     parsed = urlparse(url)
-    if parsed.username is not None:
-        host = parsed.hostname or ""
-        netloc = f"[{host}]" if ":" in host else host
-        if parsed.port is not None:
-            netloc += f":{parsed.port}"
-        return urlunparse(parsed._replace(netloc=netloc)), (unquote(parsed.username), unquote(parsed.password or ""))
     file = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
     if not parsed.hostname or not os.path.isfile(file):
-        return url, None
+        return None
     try:
         entry = netrc.netrc(file).authenticators(parsed.hostname)
     except netrc.NetrcParseError as err:  # its message can quote a token of the file: a password
@@ -213,7 +207,7 @@ def credentials(url: str) -> tuple[str, tuple[str, str] | None]:
             f"cannot read the logins in {file}: it is malformed at line {err.lineno}; "
             f"write `machine HOST login USER password TOKEN` per host"
         ) from None
-    return url, (entry[0], entry[2]) if entry else None
+    return (entry[0], entry[2]) if entry else None
 
 
 def _http_hint(code: int, login: tuple[str, str] | None) -> str:
@@ -223,7 +217,7 @@ def _http_hint(code: int, login: tuple[str, str] | None) -> str:
             "(or the file $NETRC names), which keeps the token out of params.yaml and dvc.lock"
         )
     if code in (401, 403) and login is not None:
-        return "the mirror refused the login sent (from the URL or ~/.netrc): check the user and token, and its rights"
+        return "the mirror refused the login sent from ~/.netrc (or $NETRC): check the user and token, and its rights"
     return "check the dataset url in params.yaml"
 
 
@@ -240,11 +234,6 @@ def download_dataset(dataset: str, params: Params, out_dir: Path, cache_dir: Pat
     """Fetch and verify the archive, then store every image and label field as .npy."""
     spec = SPECS[dataset]
     source = params.dataset(dataset)
-    if urlparse(source.url).password:
-        print(
-            f"note: data.{dataset}.url holds a password, so params.yaml and dvc.lock (both in git) hold it too; "
-            f"~/.netrc keeps it out of them (README: Offline, or behind a mirror); MLflow and logs show it masked"
-        )
     archive = fetch(source.url, source.md5, cache_dir)
     raw = read_archive(archive, spec)
     with atomic_dir(out_dir) as tmp:

@@ -229,8 +229,13 @@ def _end_after_failure(status: RunStatus, failure: str | None = None) -> None:
 
 
 def use_store() -> str:
-    """Point MLflow (tracking and registry) at the project's store, checked; no experiment is made."""
+    """Point MLflow (tracking and registry) at the project's store, checked; no experiment is made.
+
+    MLflow's own "View run ... at: <tracking URI>" line prints the URI as given, a password in it
+    included; it is switched off here and `_ending` prints the link without the login.
+    """
     uri = tracking_uri()
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     check_store(uri)
     mlflow.set_tracking_uri(uri)  # note: MLflow also exports it as MLFLOW_TRACKING_URI
     return uri
@@ -305,24 +310,42 @@ def run_name(dataset: str) -> str:
     return f"{dataset}-{exp}" if exp else f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def run_link(experiment_id: str, run_id: str) -> str | None:
+    """The run's page on a tracking server, as MLflow links it, without the URI's login (a
+    browser asks for it); None for a local store, which `mlflow ui` shows."""
+    uri = tracking_uri()
+    if not is_server(uri):
+        return None
+    parts = urlparse(uri)
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
 @contextmanager
 def _ending(run_id: str) -> Iterator[None]:
-    """End the active run as FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED with the reason: never RUNNING.
+    """End the active run as FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED with the reason: never
+    RUNNING; then print its link on a server.
 
     A run that failed once and then finished when resumed loses its old `failure` tag.
     """
+    active = mlflow.active_run()
+    link = run_link(active.info.experiment_id, run_id) if active else None
     try:
-        yield
-    except KeyboardInterrupt:
-        _end_after_failure(RunStatus.KILLED)
-        raise
-    except BaseException as err:
-        _end_after_failure(RunStatus.FAILED, redact(f"{type(err).__name__}: {err}"))
-        raise
-    client = MlflowClient()
-    if "failure" in client.get_run(run_id).data.tags:
-        client.delete_tag(run_id, "failure")
-    mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+        try:
+            yield
+        except KeyboardInterrupt:
+            _end_after_failure(RunStatus.KILLED)
+            raise
+        except BaseException as err:
+            _end_after_failure(RunStatus.FAILED, redact(f"{type(err).__name__}: {err}"))
+            raise
+        client = MlflowClient()
+        if "failure" in client.get_run(run_id).data.tags:
+            client.delete_tag(run_id, "failure")
+        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+    finally:
+        if link:
+            print(f"MLflow run {run_id}: {link}")
 
 
 def abandon_run(run_id: str, reason: str) -> None:
