@@ -24,6 +24,7 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from archives import build_archive
@@ -154,7 +155,11 @@ def test_logged_model_predicts_on_raw_uint8_with_pyfunc(project):
         probabilities = np.asarray(model.predict(images))
         assert probabilities.shape == (7, classes)
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
-        assert str(model.metadata.signature.inputs.inputs[0].type) == "uint8"
+        # no input schema, which would cast 0.5 to 0 before the model could refuse it; the contract
+        # is in the metadata, and the model refuses anything else
+        assert model.metadata.signature.inputs is None and "uint8" in model.metadata.metadata["input"]
+        with pytest.raises(MlflowException, match="whole numbers 0-255"):
+            model.predict(images / 255)
 
 
 def test_dvc_metrics_and_plots(project):
@@ -350,21 +355,31 @@ def test_predict_without_a_reachable_registry_is_one_line(project, user_inputs):
     assert "Traceback" not in result.stderr
 
 
+SERVE_LIMIT = 16  # CIFAR_SERVE_MAX_IMAGES for the served model: a refused batch stays small
+
+
 @contextlib.contextmanager
 def served(path: Path, model_uri: str):
-    """`mlflow models serve` of `model_uri` on a free port, as the README starts it; yields its URL."""
+    """`mlflow models serve` of `model_uri` on a free port, as the README starts it; yields its
+    URL and the file its output goes to."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = environment() | {"MLFLOW_TRACKING_URI": f"sqlite:///{path / 'mlflow.db'}"}
-    server = subprocess.Popen(
-        ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-p", str(port)],
-        cwd=path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    env = environment() | {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{path / 'mlflow.db'}",
+        "CIFAR_SERVE_MAX_IMAGES": str(SERVE_LIMIT),
+        "UVICORN_ACCESS_LOG": "false",
+    }
+    log = path / f"serve-{port}.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-p", str(port)],
+            cwd=path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -374,10 +389,22 @@ def served(path: Path, model_uri: str):
             except OSError:
                 assert server.poll() is None, "mlflow models serve exited"
                 time.sleep(1)
-        yield f"http://127.0.0.1:{port}/invocations"
+        yield f"http://127.0.0.1:{port}/invocations", log
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def refusal(url: str, body: bytes) -> tuple[int, str]:
+    """The HTTP status and message of a request the server must refuse."""
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    answer = refused.value.read().decode()
+    try:
+        return refused.value.code, json.loads(answer)["message"]
+    except (ValueError, KeyError):
+        return refused.value.code, answer
 
 
 def served_predictions(url: str, images: np.ndarray) -> np.ndarray:
@@ -648,9 +675,21 @@ def test_the_fast_network_is_registered_predicted_and_served_with_its_registered
     names = np.array(json.loads((path / f"models/{d}/classes.json").read_text())["names"])
     assert float(np.mean(top1 == names[labels])) == pytest.approx(registered)
     # The README's `mlflow models serve` line, by alias, and a request as the README's curl sends it.
-    with served(path, f"models:/{record['registered_model']}@newest") as url:
+    with served(path, f"models:/{record['registered_model']}@newest") as (url, log):
         np.testing.assert_allclose(served_predictions(url, images[:4]), pyfunc[:4], atol=1e-5)
-        wrong = json.dumps({"inputs": np.zeros((1, 28, 28), np.uint8).tolist()}).encode()
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(urllib.request.Request(url, wrong, {"Content-Type": "application/json"}), timeout=60)
-        assert refused.value.code == 400
+        one = images[:1].astype(np.int64)
+        hostile = {
+            "wrong shape": (json.dumps({"inputs": np.zeros((1, 28, 28), np.uint8).tolist()}), "shaped (N, 32, 32, 3)"),
+            "0-1 floats": (json.dumps({"inputs": (one / 255).tolist()}), "whole numbers 0-255"),
+            "above 255": (json.dumps({"inputs": (one + 255).tolist()}), "pixels must be 0-255"),
+            "too many": (json.dumps({"inputs": images[: SERVE_LIMIT + 1].tolist()}), f"at most {SERVE_LIMIT} images"),
+            "broken JSON": ('{"inputs": [[[[1, 2', None),
+            "empty body": ("", None),
+        }
+        for what, (body, reason) in hostile.items():
+            code, message = refusal(url, body.encode())
+            assert code == 400, (what, code, message)
+            assert reason is None or (reason in message and "\n" not in message.strip()), (what, message)
+        np.testing.assert_allclose(served_predictions(url, images[:4]), pyfunc[:4], atol=1e-5)  # still right
+    output = log.read_text()
+    assert "/invocations" not in output and "━" not in output and "step" not in output, output[-2000:]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from cifar_pipeline.core.run_identity import recorded_params
 from cifar_pipeline.data.channel_stats import ChannelStats
 from cifar_pipeline.tracking import mlflow_runs
 from cifar_pipeline.tracking.figures import training_curves
+from cifar_pipeline.tracking.logged_model import log_model
 from cifar_pipeline.training.checkpoint import CheckpointError, Checkpoints, TrainingState, fingerprint
 from cifar_pipeline.training.distribution import Distribution, DistributionError, agree, peers_reported, resolve
 from cifar_pipeline.training.hardware import has_gpu, precision_policy
@@ -387,52 +387,3 @@ def weights_digest(model: keras.Model) -> str:
     for weight in model.get_weights():
         digest.update(np.ascontiguousarray(weight).tobytes())
     return digest.hexdigest()[:16]
-
-
-def log_model(model: keras.Model, sample: np.ndarray, about: dict) -> str:
-    """Keras flavour with a uint8 signature and two real images as its input example, so pyfunc
-    and `mlflow models serve` users see what to send (`serving_input_example.json`).
-
-    The class names (and dataset, label mode) go into the model's metadata, so whoever
-    loads it by `runs:/` or `models:/` URI gets them with it.
-    """
-    sample = np.asarray(sample, dtype=np.uint8)
-    signature = mlflow.models.infer_signature(sample, model.predict(sample, verbose=0))
-    with _example_folder_made():
-        info = _log_keras(model, signature, sample, about)
-    return info.model_uri  # models:/m-<id>: what the register stage registers
-
-
-@contextlib.contextmanager
-def _example_folder_made() -> Iterator[None]:
-    """Upstream bug mlflow/mlflow#16183 (open, MLflow 3.17.2): the Keras flavour writes the input
-    example before it creates the model's folder (FileNotFoundError). Create it first, only here."""
-    from mlflow.keras import save
-
-    upstream = save._save_example
-
-    def save_example(mlflow_model, input_example, path, *args, **kwargs):
-        os.makedirs(path, exist_ok=True)
-        return upstream(mlflow_model, input_example, path, *args, **kwargs)
-
-    save._save_example = save_example
-    try:
-        yield
-    finally:
-        save._save_example = upstream
-
-
-def _log_keras(model: keras.Model, signature, sample: np.ndarray, about: dict):
-    return mlflow.keras.log_model(
-        model,
-        name="model",
-        signature=signature,
-        input_example=sample[:2],
-        metadata={"class_names": about["names"], "dataset": about["dataset"], "label_mode": about["label_mode"]},
-        # Pinned from what trained the model; skips MLflow's slow requirement inference.
-        pip_requirements=[
-            f"keras=={keras.__version__}",
-            f"tensorflow=={tf.__version__}",
-            f"mlflow=={mlflow.__version__}",
-        ],
-    )
