@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,3 +73,22 @@ def server(session_server: ArchiveServer) -> Iterator[ArchiveServer]:
     _reset(session_server)
     yield session_server
     _reset(session_server)
+
+
+@pytest.fixture
+def full_disk(tmp_path) -> Iterator[Path]:
+    """A real, tiny file system (a 4 MiB tmpfs): writes past its size fail with ENOSPC.
+
+    Mounting needs root (or CAP_SYS_ADMIN); elsewhere the test is skipped with the reason.
+    """
+    folder = tmp_path / "full-disk"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip() or 'mount failed'}): needs root")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import errno
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -65,6 +68,37 @@ def test_a_write_error_without_a_path_gets_the_outputs_path(tmp_path):
     assert caught.value.filename == str(tmp_path / "raw")
     assert "no space left on the device writing" in stage_runner.file_system_problem(caught.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_during_a_copy_names_the_destination_not_the_source(tmp_path, full_disk):
+    """MLflow's local store copies each artifact from a temporary file; the copy's error named
+    that temporary file, not the store that was full."""
+    source = tmp_path / "figure.png"
+    source.write_bytes(os.urandom(1_000_000))
+    target = full_disk / "mlruns/1/abc/artifacts/figure.png"
+    target.parent.mkdir(parents=True)
+    with pytest.raises(OSError) as caught:
+        shutil.copyfile(source, target)
+    line = stage_runner.file_system_problem(caught.value)
+    assert line.startswith(f"no space left on the device writing {target};") and str(source) not in line
+    assert "it is MLflow's artifact store" in line
+
+
+@pytest.mark.parametrize(
+    ("where", "hint"),
+    [
+        ("{tmp}/tmpab12/model.keras", "it is the system temp folder: free space there, or set TMPDIR"),
+        ("/srv/project/mlruns/1/abc/artifacts/plots/a.png", "it is MLflow's artifact store: free space on that disk"),
+        ("/srv/project/models/cifar10", "free space on that disk and run `dvc repro` again"),
+    ],
+)
+def test_a_full_disk_says_what_the_place_is_and_what_to_do(where, hint):
+    err = OSError(
+        errno.ENOSPC, "No space left on device", "/elsewhere/src", None, where.format(tmp=tempfile.gettempdir())
+    )
+    line = stage_runner.file_system_problem(err)
+    assert line.startswith(f"no space left on the device writing {where.format(tmp=tempfile.gettempdir())};")
+    assert hint in line
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -91,6 +92,25 @@ def test_unwritable_output_folder(workdir, archives):
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "error: cannot write" in errors[0] and "Traceback" not in result.stderr
+
+
+def test_a_full_disk_names_the_output_leaves_nothing_and_the_rerun_finishes(workdir, archives, full_disk):
+    path, md5 = archives["cifar10"]
+    edit_params(workdir, lambda p: p["data"]["cifar10"].update(url=str(path), md5=md5))
+    (workdir / "data").symlink_to(full_disk, target_is_directory=True)
+    with open(full_disk / "filler", "wb") as filler, contextlib.suppress(OSError):
+        while True:  # until the file system is full
+            filler.write(b"\0" * 65536)
+            filler.flush()
+    result = stage(workdir, "download", "cifar10", "data/raw/cifar10")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "no space left on the device writing" in line and "data/raw/cifar10" in line, line
+    assert [p.name for p in full_disk.rglob("*") if not p.is_dir()] == ["filler"]  # no partial output
+    assert not (full_disk / "raw/cifar10").exists()
+    (full_disk / "filler").unlink()
+    assert stage(workdir, "download", "cifar10", "data/raw/cifar10").returncode == 0
+    assert (full_disk / "raw/cifar10").is_dir()
 
 
 LEAKABLE = "s3cr3t-t0ken"

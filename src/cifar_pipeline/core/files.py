@@ -8,6 +8,7 @@ output or none at all.
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import shutil
@@ -69,10 +70,16 @@ def check_replaceable(path: Path) -> None:
 
 @contextmanager
 def naming_errors(path: Path) -> Iterator[None]:
-    """Give an OSError without a file name (disk full inside a library's write) the output's path."""
+    """Give an OSError without a file name (disk full inside a library's write) the output's path.
+
+    NumPy reports a short write on a full disk as a bare "N requested and M written", without
+    an errno: that is a full disk too.
+    """
     try:
         yield
     except OSError as err:
+        if err.filename is None and err.errno is None and " requested and " in str(err):
+            raise OSError(errno.ENOSPC, f"No space left on device ({err})", str(path)) from err
         if err.filename is None and err.errno is not None:
             raise OSError(err.errno, err.strerror or str(err), str(path)) from err
         raise

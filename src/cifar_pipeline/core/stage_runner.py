@@ -6,6 +6,7 @@ import argparse
 import errno
 import re
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,13 +71,32 @@ def run_stage(
 
 
 def file_system_problem(err: OSError) -> str:
-    """One line that tells a failed read from a failed write and names the path."""
-    where = f" {err.filename}" if err.filename else ""
+    """One line that tells a failed read from a failed write and names the path that failed.
+
+    `shutil.copy` (MLflow's local artifact store) names the source first and the destination
+    second; on a full disk the destination is the place to name.
+    """
+    full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+    path = err.filename2 if full and err.filename2 else err.filename
+    where = f" {path}" if path else ""
     if err.errno == errno.ENOENT:
         return f"cannot read{where}: no such file or folder; run `dvc repro` to make the pipeline's inputs"
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"no space left on the device writing{where}; free some space and run again"
+    if full:
+        return f"no space left on the device writing{where}; {_space_hint(path)}"
     return f"cannot write{where}: {err.strerror or err}; check the folder's permissions and free space"
+
+
+def _space_hint(path: str | None) -> str:
+    if path is None:
+        return "free some space and run again"
+    if "mlruns" in Path(path).parts:  # the local MLflow store's artifacts (tracking.mlflow_runs)
+        return (
+            "it is MLflow's artifact store: free space on that disk, or set MLFLOW_TRACKING_URI to a store "
+            "on another; run `dvc repro` again"
+        )
+    if Path(path).is_relative_to(tempfile.gettempdir()):
+        return "it is the system temp folder: free space there, or set TMPDIR to a folder on a disk with space"
+    return "free space on that disk and run `dvc repro` again"
 
 
 def declared_params(script: str, item: str | None, dvc_yaml: Path = DVC_YAML) -> list[tuple[str, str]]:
