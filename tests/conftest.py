@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,7 +78,8 @@ def server(session_server: ArchiveServer) -> Iterator[ArchiveServer]:
 
 @pytest.fixture
 def full_disk(tmp_path) -> Iterator[Path]:
-    """A real, tiny file system (a 4 MiB tmpfs): writes past its size fail with ENOSPC.
+    """A real file system that is full (a 4 MiB tmpfs filled by the file `filler`): writes fail
+    with ENOSPC until the test deletes `filler`; folders can still be made.
 
     Mounting needs root (or CAP_SYS_ADMIN); elsewhere the test is skipped with the reason.
     """
@@ -89,6 +91,10 @@ def full_disk(tmp_path) -> Iterator[Path]:
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip() or 'mount failed'}): needs root")
     try:
+        with open(folder / "filler", "wb") as filler, contextlib.suppress(OSError):
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False)

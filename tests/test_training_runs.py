@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
-from cifar_pipeline.core import interrupts
+from cifar_pipeline.core import interrupts, stage_runner
 from cifar_pipeline.core.files import save_arrays, write_json
 from cifar_pipeline.core.layout import MODEL_FILE
 from cifar_pipeline.core.params import ModelParams
@@ -114,6 +114,23 @@ def test_non_finite_loss_fails_the_run_with_the_reason_and_writes_nothing(setup,
     assert run.info.status == "FAILED"
     assert "training diverged" in run.data.tags["failure"]
     assert not (tmp / "models").exists() and not (tmp / "loss.csv").exists() and not (tmp / "accuracy.csv").exists()
+
+
+def test_a_full_artifact_store_is_named_the_run_failed_and_the_rerun_finishes(setup, full_disk):
+    """MLflow's local store copies artifacts from a temporary file: the error named that file."""
+    tmp = setup[3]
+    (tmp / "mlruns").symlink_to(full_disk, target_is_directory=True)  # MLflow's default artifact root here
+    with pytest.raises(OSError) as caught:
+        run_train(setup)
+    line = stage_runner.file_system_problem(caught.value)
+    assert f"writing {tmp / 'mlruns'}/" in line and "it is MLflow's artifact store" in line, line
+    _client, run = only_run(tmp)
+    assert run.info.status == "FAILED" and "No space left" in run.data.tags["failure"]
+    assert not (tmp / "models").exists() and not (tmp / "loss.csv").exists()
+    (full_disk / "filler").unlink()
+    run_train(setup)
+    _client, run = only_run(tmp)
+    assert run.info.status == "FINISHED" and (tmp / "models" / MODEL_FILE).is_file()
 
 
 def test_ctrl_c_marks_the_run_killed_and_the_next_run_continues_it(setup, monkeypatch):

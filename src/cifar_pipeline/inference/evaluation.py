@@ -123,10 +123,10 @@ def evaluate_model(
         new = {k: v for k, v in result.metrics().items() if held.get(k) != v}
         if new:
             mlflow.log_metrics(new, model_id=model_id, dataset=data)
-        mlflow.log_dict(per_class, "metrics/per_class_accuracy.json")  # None = no test images
-        mlflow.log_figure(
-            confusion_matrix(result.confusion, names, f"{dataset}: test confusion matrix"), "plots/confusion_matrix.png"
-        )
+        with mlflow_runs.artifact_writes():
+            mlflow.log_dict(per_class, "metrics/per_class_accuracy.json")  # None = no test images
+            figure = confusion_matrix(result.confusion, names, f"{dataset}: test confusion matrix")
+            mlflow.log_figure(figure, "plots/confusion_matrix.png")
     # Outputs only once the run has ended: a store that fails before then leaves none.
     with atomic_file(metrics_json) as tmp:
         write_json(tmp, result.metrics())

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import mlflow
 import numpy as np
@@ -36,6 +36,7 @@ from mlflow.types import Schema, TensorSpec
 from mlflow.utils.credentials import read_mlflow_creds
 
 from cifar_pipeline.core.errors import PipelineError, first_line, redact
+from cifar_pipeline.core.files import naming_errors
 
 EXPERIMENT_NAME = "cifar"
 # MLflow 3's UI shows an experiment of this kind as model training (runs, charts), not GenAI traces.
@@ -346,6 +347,16 @@ def _ending(run_id: str) -> Iterator[None]:
     finally:
         if link:
             print(f"MLflow run {run_id}: {link}")
+
+
+@contextmanager
+def artifact_writes() -> Iterator[None]:
+    """Name the active run's artifact folder in a write error that names no file: MLflow's local
+    store writes through an open file object, so a full disk there said only "No space left"."""
+    uri = mlflow.get_artifact_uri()
+    parsed = urlparse(uri)
+    with naming_errors(Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(uri)):
+        yield
 
 
 def abandon_run(run_id: str, reason: str) -> None:

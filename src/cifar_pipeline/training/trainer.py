@@ -345,10 +345,11 @@ def train(
         logger = EpochLogger(len(setup.split.train.images), setup.checkpoints if setup.resumable else None, state)
         fit(setup, state.epochs_done, (logger,))
         model = export_model(setup.classifier, setup.settings, setup.split.train.examples, setup.stats)
-        mlflow.log_figure(training_curves(state.rows, f"{dataset}: training curves"), "plots/training_curves.png")
         classes = setup.split.classes
         about = {"names": classes.names, "dataset": dataset, "label_mode": classes.label_mode}
-        model_uri = log_model(model, sample=setup.split.val.images[:8], about=about)
+        with mlflow_runs.artifact_writes():
+            mlflow.log_figure(training_curves(state.rows, f"{dataset}: training curves"), "plots/training_curves.png")
+            model_uri = log_model(model, sample=setup.split.val.images[:8], about=about)
     write_outputs(
         model, {"run_id": run_id, "model_uri": model_uri}, about, state.rows, model_dir, loss_csv, accuracy_csv
     )
