@@ -10,10 +10,13 @@ import contextlib
 import dataclasses
 import json
 import signal
+import socket
+import subprocess
 
 import keras
 import mlflow
 import numpy as np
+import psutil
 import pytest
 import tensorflow as tf
 from mlflow.tracking import MlflowClient
@@ -23,6 +26,7 @@ from cifar_pipeline.core.files import save_arrays, write_json
 from cifar_pipeline.core.layout import MODEL_FILE
 from cifar_pipeline.core.params import ModelParams
 from cifar_pipeline.data.channel_stats import ChannelStats
+from cifar_pipeline.tracking import orphans
 from cifar_pipeline.training import trainer
 from cifar_pipeline.training.checkpoint import CHECKPOINT_ROOT
 from cifar_pipeline.training.input_pipeline import steps_per_epoch
@@ -131,6 +135,25 @@ def test_a_full_artifact_store_is_named_the_run_failed_and_the_rerun_finishes(se
     run_train(setup)
     _client, run = only_run(tmp)
     assert run.info.status == "FINISHED" and (tmp / "models" / MODEL_FILE).is_file()
+
+
+def test_a_training_start_ends_runs_whose_process_is_gone_and_leaves_live_ones(setup):
+    """A killed `dvc queue` worker's run has no checkpoint to resume (DVC deletes its copy):
+    without this it stayed RUNNING for ever."""
+    tmp = setup[3]
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    experiment = client.create_experiment("cifar", artifact_location=(tmp / "mlruns").as_uri())
+    dead = subprocess.Popen(["sleep", "30"])
+    gone = f"{socket.gethostname()}:{dead.pid}:{psutil.Process(dead.pid).create_time():.2f}"
+    dead.kill()
+    dead.wait()
+    owners = {"gone": gone, "alive": orphans.this_process(), "elsewhere": "other-host:1:1.00"}
+    ids = {name: client.create_run(experiment, tags={orphans.OWNER_TAG: o}).info.run_id for name, o in owners.items()}
+    trained = run_train(setup)
+    status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
+    assert status == {"gone": "KILLED", "alive": "RUNNING", "elsewhere": "RUNNING"}
+    assert client.get_run(ids["gone"]).data.tags["failure"] == orphans.REASON
+    assert client.get_run(trained).data.tags[orphans.OWNER_TAG] == orphans.this_process()
 
 
 def test_ctrl_c_marks_the_run_killed_and_the_next_run_continues_it(setup, monkeypatch):

@@ -37,6 +37,7 @@ from mlflow.utils.credentials import read_mlflow_creds
 
 from cifar_pipeline.core.errors import PipelineError, first_line, redact
 from cifar_pipeline.core.files import naming_errors
+from cifar_pipeline.tracking import orphans
 
 EXPERIMENT_NAME = "cifar"
 # MLflow 3's UI shows an experiment of this kind as model training (runs, charts), not GenAI traces.
@@ -417,6 +418,9 @@ def training_run(dataset: str, params: dict[str, Any], resume_id: str | None = N
         )
         mlflow.log_params(params)
         resumed = False
+    mlflow.set_tag(orphans.OWNER_TAG, orphans.this_process())
+    for orphan in orphans.end_orphans(experiment_id, keep=run.info.run_id):
+        print(f"MLflow run {orphan} was left RUNNING by a process that is gone: marked KILLED")
     with _ending(run.info.run_id):
         yield run.info.run_id, resumed
 
@@ -448,6 +452,7 @@ def reopen_run(run_id: str) -> Iterator[None]:
     training_run_of(run_id)
     _sample_system_metrics("evaluate")
     mlflow.start_run(run_id=run_id, log_system_metrics=True)
+    mlflow.set_tag(orphans.OWNER_TAG, orphans.this_process())
     with _ending(run_id):
         yield
 
