@@ -22,6 +22,7 @@ import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
 from cifar_pipeline.core import interrupts, stage_runner
+from cifar_pipeline.core.errors import PipelineError
 from cifar_pipeline.core.files import save_arrays, write_json
 from cifar_pipeline.core.layout import MODEL_FILE
 from cifar_pipeline.core.params import ModelParams
@@ -135,6 +136,17 @@ def test_a_full_artifact_store_is_named_the_run_failed_and_the_rerun_finishes(se
     run_train(setup)
     _client, run = only_run(tmp)
     assert run.info.status == "FINISHED" and (tmp / "models" / MODEL_FILE).is_file()
+
+
+def test_a_store_on_a_full_disk_is_named_as_such(setup, full_disk, monkeypatch):
+    """SQLite's "database or disk is full" was reported as "not an MLflow database: move the file away"."""
+    store = full_disk / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    with pytest.raises(PipelineError) as caught:
+        run_train(setup)
+    assert str(caught.value).startswith(f"the MLflow store sqlite:///{store} (from MLFLOW_TRACKING_URI) cannot be ")
+    assert "the disk that holds it is full: free space there" in str(caught.value)
+    assert not (setup[3] / "models").exists()
 
 
 def test_a_training_start_ends_runs_whose_process_is_gone_and_leaves_live_ones(setup):

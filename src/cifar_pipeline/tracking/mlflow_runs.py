@@ -199,9 +199,33 @@ def server_errors() -> Iterator[None]:
         yield
     except (MlflowException, requests.RequestException) as err:
         uri = tracking_uri()
+        if (problem := store_file_problem(err, uri)) is not None:
+            raise TrackingError(problem) from None
         if not is_server(uri):
             raise
         raise TrackingError(server_problem(err, uri)) from None
+
+
+# SQLite's words for a store file it cannot write, and what each means for the user.
+_STORE_FILE_FAULTS = {
+    "database or disk is full": "the disk that holds it is full: free space there",
+    "disk I/O error": "its disk failed a write (full, or removed): free space or check the disk",
+    "readonly database": "it is read-only: give this user write permission on it and its folder",
+    "unable to open database file": "its folder cannot be written or does not exist: check the folder's permissions",
+}
+
+
+def store_file_problem(err: BaseException, uri: str) -> str | None:
+    """One line for a local SQLite store that cannot be written, or None for any other fault."""
+    if not uri.startswith("sqlite:"):
+        return None
+    for words, meaning in _STORE_FILE_FAULTS.items():
+        if words in str(err):
+            return (
+                f"the MLflow store {_where(uri)} cannot be written: {meaning}, or set MLFLOW_TRACKING_URI to a "
+                f"store elsewhere; then run `dvc repro` again (training resumes after its last finished epoch)"
+            )
+    return None
 
 
 @contextmanager
@@ -254,6 +278,8 @@ def configure() -> str:
         except Exception as err:  # SQLAlchemy, a server's answer, a broken file: the store is unusable
             if is_server(uri) and isinstance(err, MlflowException | requests.RequestException):
                 raise TrackingError(server_problem(err, uri)) from None
+            if (problem := store_file_problem(err, uri)) is not None:
+                raise TrackingError(problem) from None
             advice = (
                 "move the file away (a new one is made) or set MLFLOW_TRACKING_URI"
                 if uri.startswith("sqlite:")
