@@ -14,6 +14,7 @@ import tensorflow as tf
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
+from cifar_pipeline.core.files import naming_errors
 from cifar_pipeline.tracking import served_model
 
 LIMIT = served_model.MAX_IMAGES_VARIABLE
@@ -37,7 +38,8 @@ def log_model(model: keras.Model, sample: np.ndarray, about: dict) -> str:
         # `served_model` must not have.
         warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
         keras_file = Path(tmp) / "model.keras"
-        model.save(keras_file)
+        with naming_errors(keras_file):  # a full temp folder is named as such, not as the artifact store
+            model.save(keras_file)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=Path(served_model.__file__),
