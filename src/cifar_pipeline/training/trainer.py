@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,17 +40,19 @@ class TrainingDiverged(PipelineError):
     """The loss became NaN or infinite: more epochs cannot help."""
 
 
-class StopOnNonFinite(keras.callbacks.Callback):
-    """Like Keras's TerminateOnNaN, but raises, so the run ends FAILED with the reason
-    instead of "finishing" with a broken model."""
+# Keras's TerminateOnNaN(raise_error=True) says "NaN or Inf loss encountered at batch 3. Loss value: nan. ..."
+_NON_FINITE = re.compile(r"NaN or Inf loss encountered at batch (\d+)\. Loss value: (\S+?)\.? ")
 
-    def on_train_batch_end(self, batch: int, logs=None) -> None:
-        loss = (logs or {}).get("loss")
-        if loss is not None and not np.isfinite(float(loss)):
-            raise TrainingDiverged(
-                f"training diverged: loss is {float(loss)} at batch {batch + 1}; "
-                f"lower train.learning_rate or check the input data"
-            )
+
+def diverged(err: RuntimeError) -> TrainingDiverged | None:
+    """TerminateOnNaN's error as one line with what to do, or None for any other RuntimeError."""
+    found = _NON_FINITE.search(str(err))
+    if not found:
+        return None
+    return TrainingDiverged(
+        f"training diverged: loss is {found.group(2)} at batch {int(found.group(1)) + 1}; "
+        f"lower train.learning_rate or check the input data"
+    )
 
 
 class StopWhenInterrupted(keras.callbacks.Callback):
@@ -168,17 +171,30 @@ def fit_classifier(
     replicas = classifier.distribute_strategy.num_replicas_in_sync
     steps = steps_per_epoch(len(images), settings.batch_size, replicas)
     averaging = [Lookahead(steps * settings.epochs)] if settings.lookahead else []
-    return classifier.fit(
-        training_dataset(images, labels, settings.batch_size, settings.augment, settings.seed, stats.mean, replicas),
-        validation_data=evaluation_dataset(*validation, settings.batch_size, replicas),
-        steps_per_epoch=steps,
-        epochs=settings.epochs,
-        initial_epoch=initial_epoch,
-        # Lookahead first: an epoch's checkpoint (EpochLogger) holds the weights it left.
-        callbacks=[StopOnNonFinite(), StopWhenInterrupted(), *averaging, *(callbacks or [])],
-        shuffle=False,  # the dataset shuffles (seeded) itself
-        verbose=2,
-    )
+    try:
+        return classifier.fit(
+            training_dataset(
+                images, labels, settings.batch_size, settings.augment, settings.seed, stats.mean, replicas
+            ),
+            validation_data=evaluation_dataset(*validation, settings.batch_size, replicas),
+            steps_per_epoch=steps,
+            epochs=settings.epochs,
+            initial_epoch=initial_epoch,
+            # Raising, so the run ends FAILED with the reason instead of "finishing" a broken model.
+            # Lookahead first: an epoch's checkpoint (EpochLogger) holds the weights it left.
+            callbacks=[
+                keras.callbacks.TerminateOnNaN(raise_error=True),
+                StopWhenInterrupted(),
+                *averaging,
+                *(callbacks or []),
+            ],
+            shuffle=False,  # the dataset shuffles (seeded) itself
+            verbose=2,
+        )
+    except RuntimeError as err:
+        if (problem := diverged(err)) is not None:
+            raise problem from None
+        raise
 
 
 @dataclass(frozen=True)
