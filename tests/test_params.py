@@ -290,6 +290,10 @@ def test_the_default_network_is_the_seeds_with_keras_defaults():
     [
         ({"lookahead": True, "ema_momentum": 0.9}, "train.lookahead and train.ema_momentum are both set"),
         ({"bn_bias_lr_scale": 64.0, "optimizer": "adamw"}, "train.bn_bias_lr_scale is 64.0, but only sgd"),
+        (
+            {"deterministic": True, "mixed_precision": True},
+            "train.deterministic is true, but train.mixed_precision is true; repeatable runs compute in float32",
+        ),
     ],
 )
 def test_airbench_pieces_that_cannot_go_together_are_refused_in_one_line(raw, change, message):

@@ -149,6 +149,33 @@ def test_a_store_on_a_full_disk_is_named_as_such(setup, full_disk, monkeypatch):
     assert not (setup[3] / "models").exists()
 
 
+@pytest.fixture
+def deterministic(setup):
+    """`train.deterministic: true`; op determinism is process-wide, so it is switched off after."""
+    params, split, stats, tmp = setup
+    yield dataclasses.replace(params, train=dataclasses.replace(params.train, deterministic=True)), split, stats, tmp
+    from tensorflow.python.framework import config
+
+    config.disable_op_determinism()
+
+
+def _op_determinism_enabled() -> bool:
+    from tensorflow.python.framework import config
+
+    return config.is_op_determinism_enabled()
+
+
+def test_deterministic_training_gives_the_same_weights_twice_and_says_so(deterministic):
+    weights = []
+    for _ in range(2):
+        run_id = run_train(deterministic)
+        weights.append(keras.models.load_model(deterministic[3] / "models" / MODEL_FILE).get_weights())
+    assert all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))
+    assert _op_determinism_enabled()
+    logged = MlflowClient(f"sqlite:///{deterministic[3] / 'mlflow.db'}").get_run(run_id).data.params
+    assert logged["train.deterministic"] == "True" and logged["resolved.dtype_policy"] == "float32"
+
+
 def test_a_training_start_ends_runs_whose_process_is_gone_and_leaves_live_ones(setup):
     """A killed `dvc queue` worker's run has no checkpoint to resume (DVC deletes its copy):
     without this it stayed RUNNING for ever."""

@@ -128,6 +128,8 @@ class TrainParams:
     lookahead: bool = declared(boolean, False)
     # BatchNormalization biases' rate as a multiple of the others' (airbench: 64); sgd only.
     bn_bias_lr_scale: float = declared(number(lambda x: x > 0, "> 0"), 1.0)
+    # TensorFlow's op determinism and float32: two runs of the same params give the same weights.
+    deterministic: bool = declared(boolean, False)
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,15 @@ def bias_rates_need_sgd(train: TrainParams) -> None:
         )
 
 
+def determinism_needs_float32(train: TrainParams) -> None:
+    if train.deterministic and train.mixed_precision is True:
+        fail(
+            "train.deterministic is true, but train.mixed_precision is true;",
+            "repeatable runs compute in float32 (bfloat16 and float16 results depend on the CPU or GPU): "
+            "set train.mixed_precision to auto (float32 then) or false, or train.deterministic to false",
+        )
+
+
 def boundaries_increase(schedule: ScheduleParams) -> None:
     if list(schedule.boundaries) != sorted(set(schedule.boundaries)):
         fail("train.lr_schedule.boundaries", f"must be strictly increasing, got {list(schedule.boundaries)}")
@@ -233,7 +244,13 @@ def one_dropout_per_block(model: ModelParams) -> None:
 
 
 RULES: Rules = {
-    TrainParams: (adam_has_no_weight_decay, weight_averaging_averages, one_weight_average, bias_rates_need_sgd),
+    TrainParams: (
+        adam_has_no_weight_decay,
+        weight_averaging_averages,
+        one_weight_average,
+        bias_rates_need_sgd,
+        determinism_needs_float32,
+    ),
     ScheduleParams: (boundaries_increase, only_some_schedules_warm_up),
     ModelParams: (three_airbench_groups, blocks_fit_the_image, one_dropout_per_block),
 }

@@ -237,9 +237,11 @@ def prepare(dataset: str, params: Params, split_dir: Path, stats_json: Path, *, 
             f"{distribution.replicas}, or use fewer devices"
         )
     keras.utils.set_random_seed(settings.seed)
+    if settings.deterministic:  # the same ops in the same order on every run; float32 below
+        tf.config.experimental.enable_op_determinism()
     split = load_split(split_dir)
     stats = ChannelStats.read(stats_json)
-    policy = precision_policy(settings.mixed_precision)
+    policy = precision_policy(False if settings.deterministic else settings.mixed_precision)
     keras.mixed_precision.set_global_policy(policy)
     run_fingerprint = fingerprint(dataset, params, split_dir, stats_json)
     agree(distribution, run_fingerprint)
