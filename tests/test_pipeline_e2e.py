@@ -28,7 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from archives import build_archive
-from project import create, edit_params, environment, run, run_queue, stages_run, start_training
+from project import ROOT, create, edit_params, environment, run, run_queue, stages_run, start_training
 
 pytestmark = pytest.mark.e2e
 
@@ -160,6 +160,33 @@ def test_logged_model_predicts_on_raw_uint8_with_pyfunc(project):
         assert model.metadata.signature.inputs is None and "uint8" in model.metadata.metadata["input"]
         with pytest.raises(MlflowException, match="whole numbers 0-255"):
             model.predict(images / 255)
+
+
+def test_the_champion_gets_a_dockerfile_that_installs_the_pinned_versions(project, tmp_path):
+    """The README's container recipe, without a Docker daemon: MLflow's generated Dockerfile
+    and the model folder it copies, whose requirements are the versions that trained it."""
+    path, _ = project
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{path / 'mlflow.db'}"}
+    run(
+        path,
+        "mlflow",
+        "models",
+        "generate-dockerfile",
+        "-m",
+        "models:/cifar10@champion",
+        "-d",
+        str(tmp_path / "image"),
+        "--env-manager",
+        "local",
+        env=env,
+    )
+    pins = dict(line.split("==") for line in (ROOT / "requirements.txt").read_text().splitlines() if "==" in line)
+    dockerfile = (tmp_path / "image/Dockerfile").read_text()
+    assert f"pip install mlflow=={pins['mlflow']}" in dockerfile and "COPY model_dir /opt/ml/model" in dockerfile
+    model = tmp_path / "image/model_dir"
+    required = set((model / "requirements.txt").read_text().split())
+    assert {f"{name}=={pins[name]}" for name in ("tensorflow", "keras", "mlflow")} <= required
+    assert any(model.rglob("*.keras")) and "served_model" in (model / "MLmodel").read_text()
 
 
 def test_dvc_metrics_and_plots(project):
