@@ -39,6 +39,11 @@ CONFIGS: list[tuple[str, dict, dict[str, str]]] = [
     ("airbench94, no augmentation (the input pipeline's share)", {"batch_size": 1024, "augment": False}, {}),
     ("airbench94, float32", {"batch_size": 1024, "mixed_precision": False}, {}),
     ("airbench94, XLA jit_compile", {"batch_size": 1024, "jit_compile": True}, {}),
+    (
+        "airbench94, train.deterministic (op determinism, float32)",
+        {"batch_size": 1024, "mixed_precision": False, "deterministic": True},
+        {},
+    ),
 ]
 
 
@@ -72,9 +77,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the code, measures nothing useful")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/step_share")
+    parser.add_argument("--only", nargs="+", metavar="WORDS", help="only the setups whose name holds one of these")
     args = parser.parse_args()
     images, epochs = (64, 2) if args.smoke else (8192, 3)
     configs = CONFIGS[:2] if args.smoke else CONFIGS
+    if args.only:
+        configs = [c for c in configs if any(word in c[0] for word in args.only)]
     if not args.smoke:
         warm_up(20)
     results = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "images": images, "epochs": epochs}

@@ -3,7 +3,7 @@
 Usage: python benchmarks/train_speed.py CONFIG_JSON  -> prints one JSON line.
 CONFIG keys: pipeline ("ours" | "imagedatagenerator"), network ("seed", the default, or
 "fast": the README's fast network), overrides (of its recipe, dvc-style), images, batch_size,
-epochs, jit_compile, autotune, augment, mixed_precision, classes. Set TF_ENABLE_ONEDNN_OPTS in
+epochs, jit_compile, autotune, augment, mixed_precision, deterministic, classes. Set TF_ENABLE_ONEDNN_OPTS in
 the environment. "of peak" is against the same process's peak in the step's compute dtype.
 """
 
@@ -121,6 +121,8 @@ def main() -> None:
     labels = rng.integers(0, config.get("classes", 10), n).astype(np.int32)
 
     keras.mixed_precision.set_global_policy(precision_policy(config.get("mixed_precision", "auto")))
+    if config.get("deterministic"):  # as the train stage does for train.deterministic
+        tf.config.experimental.enable_op_determinism()
     TRAIN = settings(config.get("network", "seed"), config.get("overrides"))
     model = build_classifier(TRAIN.model, config.get("classes", 10), stats)
     set_whitening(model, images, stats)
