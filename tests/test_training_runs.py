@@ -12,6 +12,7 @@ import json
 import signal
 import socket
 import subprocess
+import tempfile
 
 import keras
 import mlflow
@@ -136,6 +137,43 @@ def test_a_full_artifact_store_is_named_the_run_failed_and_the_rerun_finishes(se
     run_train(setup)
     _client, run = only_run(tmp)
     assert run.info.status == "FINISHED" and (tmp / "models" / MODEL_FILE).is_file()
+
+
+@pytest.mark.parametrize("place", ["models", "checkpoints", "temp"])
+def test_a_full_disk_in_each_place_training_writes_is_named_and_the_rerun_finishes(
+    setup, full_disk, monkeypatch, place
+):
+    params, split, stats, tmp = setup
+    models = full_disk / "models" if place == "models" else tmp / "models"
+    if place == "checkpoints":
+        (tmp / "data").symlink_to(full_disk, target_is_directory=True)  # data/.checkpoints/ is there
+    if place == "temp":
+        monkeypatch.setattr(tempfile, "tempdir", str(full_disk))
+
+    def train_here():
+        return train("cifar10", params, split, stats, models, tmp / "loss.csv", tmp / "accuracy.csv")
+
+    with pytest.raises(OSError) as caught:
+        train_here()
+    line = stage_runner.file_system_problem(caught.value)
+    named = {
+        "models": f"writing {models}",
+        "checkpoints": "writing data/.checkpoints/",
+        "temp": f"writing {full_disk}",
+    }
+    assert line.startswith("no space left on the device") and named[place] in line, line
+    assert place != "temp" or "it is the system temp folder: free space there, or set TMPDIR" in line
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("cifar").experiment_id
+    # Outputs are written after the run ends: a full models/ leaves a FINISHED run, which the
+    # rerun resumes (its checkpoint stays) to write them; elsewhere the run ends FAILED.
+    [failed] = client.search_runs([experiment])
+    assert failed.info.status == ("FINISHED" if place == "models" else "FAILED") and not models.exists()
+    (full_disk / "filler").unlink()
+    train_here()
+    runs = client.search_runs([experiment])
+    assert [r.info.status for r in runs if r.info.status == "RUNNING"] == [] and (models / MODEL_FILE).is_file()
+    assert place != "models" or [r.info.run_id for r in runs] == [failed.info.run_id]
 
 
 def test_a_store_on_a_full_disk_is_named_as_such(setup, full_disk, monkeypatch):

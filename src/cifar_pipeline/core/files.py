@@ -69,20 +69,33 @@ def check_replaceable(path: Path) -> None:
 
 
 @contextmanager
-def naming_errors(path: Path) -> Iterator[None]:
+def naming_errors(path: Path, *others: Path) -> Iterator[None]:
     """Give an OSError without a file name (disk full inside a library's write) the output's path.
 
     NumPy reports a short write on a full disk as a bare "N requested and M written", without
-    an errno: that is a full disk too.
+    an errno: that is a full disk too. With `others` (places the library also writes, such as
+    the system temp folder), a full disk is blamed on the one with the least free space.
     """
     try:
         yield
     except OSError as err:
         if err.filename is None and err.errno is None and " requested and " in str(err):
-            raise OSError(errno.ENOSPC, f"No space left on device ({err})", str(path)) from err
+            err = OSError(errno.ENOSPC, f"No space left on device ({err})")
         if err.filename is None and err.errno is not None:
-            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+            place = _fullest([path, *others]) if err.errno in (errno.ENOSPC, errno.EDQUOT) else path
+            raise OSError(err.errno, err.strerror or str(err), str(place)) from err
         raise
+
+
+def _fullest(paths: list[Path]) -> Path:
+    def free(path: Path) -> int:
+        existing = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+        try:
+            return shutil.disk_usage(existing).free
+        except OSError:
+            return 2**62
+
+    return min(paths, key=free)
 
 
 @contextmanager

@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 import subprocess
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -378,11 +379,13 @@ def _ending(run_id: str) -> Iterator[None]:
 
 @contextmanager
 def artifact_writes() -> Iterator[None]:
-    """Name the active run's artifact folder in a write error that names no file: MLflow's local
-    store writes through an open file object, so a full disk there said only "No space left"."""
+    """Name the place in a write error that names no file: MLflow's local store writes through an
+    open file object, so a full disk there said only "No space left"; MLflow and Keras also
+    stage artifacts in the system temp folder. The one with less free space is named."""
     uri = mlflow.get_artifact_uri()
     parsed = urlparse(uri)
-    with naming_errors(Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(uri)):
+    store = Path(unquote(parsed.path)) if parsed.scheme == "file" else None
+    with naming_errors(*([store] if store else []), Path(tempfile.gettempdir())):
         yield
 
 
