@@ -1,8 +1,9 @@
 """`mlflow models serve` under load: the Keras flavour (what the project logged before issue 31)
 and the project's served model, the same trained `.keras` file, side by side in one run.
 
-    python benchmarks/serve_load.py --project /path/to/a/project/that/ran/dvc/repro   # ~5 minutes
-    python benchmarks/serve_load.py --smoke                  # an untrained tiny model, 3 s of load
+    python benchmarks/serve_load.py                      # a tiny untrained model: the servers' own cost
+    python benchmarks/serve_load.py --project /path/to/a/project/that/ran/dvc/repro   # its trained model
+    python benchmarks/serve_load.py --smoke              # the tiny model, 3 s of load (the code paths only)
 
 Each server runs as the README starts it (`--env-manager local`, access log off) against a
 temporary MLflow store; for `--seconds`, 8 client threads (half sending 1 image, half 64 per
@@ -232,15 +233,20 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp)
-        if args.smoke:
-            keras_file, names, seconds, workers = tiny_model(store), [f"c{i}" for i in range(10)], 3, [1]
+        if args.project is None:
+            keras_file, names = tiny_model(store), [f"c{i}" for i in range(10)]
+            seconds, workers = (3, [1]) if args.smoke else (args.seconds, args.workers)
             images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
         else:
             keras_file = args.project / f"models/{args.dataset}/model.keras"
             names = json.loads((args.project / f"models/{args.dataset}/classes.json").read_text())["names"]
             images = np.load(args.project / f"data/split/{args.dataset}/test_images.npy")[:64]
             seconds, workers = args.seconds, args.workers
-        model = "tiny untrained (smoke)" if args.smoke else f"{keras_file} ({keras_file.stat().st_size / 1e6:.1f} MB)"
+        model = (
+            "a tiny untrained network"
+            if args.project is None
+            else f"{keras_file} ({keras_file.stat().st_size / 1e6:.1f} MB)"
+        )
         uris = log_models(keras_file, names, store)
         runs, hostile_answers = [], None
         for (name, uri), counts in zip(uris.items(), ([1], workers), strict=True):
