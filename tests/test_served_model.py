@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
+from cifar_pipeline.inference.loading import load_model
 from cifar_pipeline.tracking.logged_model import log_model
 from cifar_pipeline.tracking.served_model import RequestRefused, check_images
 
@@ -63,5 +64,12 @@ def test_the_logged_model_is_the_keras_model_called_directly(tmp_path, monkeypat
         assert loaded.metadata.signature.inputs is None
         with pytest.raises(MlflowException, match="whole numbers"):
             loaded.predict(images / 255)
+        # The project's own callers (register, cifar-predict) send more than the limit in parts.
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+        monkeypatch.setenv("CIFAR_SERVE_MAX_IMAGES", "600")
+        many = np.random.default_rng(2).integers(0, 256, (1300, 32, 32, 3), dtype=np.uint8)
+        with pytest.raises(MlflowException, match="at most 600 images, this one 1300"):
+            mlflow.pyfunc.load_model(uri).predict(many)
+        np.testing.assert_allclose(load_model(uri).predict(many), model.predict(many, verbose=0), atol=1e-6)
     finally:
         mlflow.set_tracking_uri(None)

@@ -114,4 +114,10 @@ def _load_mlflow(uri: str) -> LoadedModel:
     names = (model.metadata.metadata or {}).get("class_names")
     if not names:
         raise ModelLoadError(f"{uri} carries no class names in its metadata (logged by an older version); retrain it")
-    return LoadedModel(list(names), lambda x: np.asarray(model.predict(x)))
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        # In parts: the logged model refuses more than CIFAR_SERVE_MAX_IMAGES (1,024) per call.
+        parts = [np.asarray(model.predict(images[i : i + PREDICT_BATCH])) for i in range(0, len(images), PREDICT_BATCH)]
+        return np.concatenate(parts) if parts else np.zeros((0, len(names)), np.float32)
+
+    return LoadedModel(list(names), predict)
