@@ -4,7 +4,6 @@ the file that `mlflow models serve`, pyfunc and the registry run."""
 from __future__ import annotations
 
 import tempfile
-import warnings
 from pathlib import Path
 
 import keras
@@ -33,10 +32,7 @@ def log_model(model: keras.Model, sample: np.ndarray, about: dict) -> str:
     sample = np.asarray(sample[:2], dtype=np.uint8)
     classes = len(about["names"])
     signature = ModelSignature(inputs=None, outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, classes))]))
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        # MLflow asks for type hints on `predict` to infer an input schema, which is what
-        # `served_model` must not have.
-        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+    with tempfile.TemporaryDirectory() as tmp:
         keras_file = Path(tmp) / "model.keras"
         with naming_errors(keras_file):  # a full temp folder is named as such, not as the artifact store
             model.save(keras_file)
