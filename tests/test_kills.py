@@ -134,33 +134,3 @@ def test_a_torn_dvc_lock_is_mended_without_retraining(tmp_path, archives):
         output = run(path, "dvc", "repro").stdout
         assert stages_run(output) == ["register@cifar10"], (cut, output)  # the rest restored from the run cache
         assert (path / "dvc.lock").read_text() == lock and (path / "registry/cifar10.json").read_text() == registered
-
-
-def test_a_force_killed_queue_task_leaves_no_run_running_after_the_next_training(tmp_path, archives):
-    """`dvc queue kill --force` SIGKILLs the task: its run cannot end itself and its checkpoint
-    goes with DVC's temporary copy, so nothing resumes it; the next training start ends it."""
-    archive, md5 = archives["cifar10"]
-    path = create(tmp_path / "project", {"cifar10": {"url": str(archive), "md5": md5}})
-    edit_params(path, lambda p: p.update(datasets=["cifar10"]) or p["train"].update(epochs=40))
-    run(path, "dvc", "exp", "run", "--queue", "--name", "doomed", "register@cifar10")
-    run(path, "dvc", "queue", "start")
-    client = MlflowClient(f"sqlite:///{path / 'mlflow.db'}")
-    deadline, doomed = time.monotonic() + 300, None
-    while time.monotonic() < deadline and doomed is None:
-        time.sleep(1)
-        with contextlib.suppress(Exception):
-            experiment = client.get_experiment_by_name("cifar")
-            running = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
-            doomed = next((r for r in running if client.get_metric_history(r.info.run_id, "loss")), None)
-    assert doomed is not None, run(path, "dvc", "queue", "logs", "doomed", check=False).stdout[-3000:]
-    run(path, "dvc", "queue", "kill", "--force", "doomed")
-    run(path, "dvc", "queue", "stop", "--kill", check=False)
-    time.sleep(2)
-    assert client.get_run(doomed.info.run_id).info.status == "RUNNING"  # nobody could end it
-
-    edit_params(path, lambda p: p["train"].update(epochs=2))
-    output = run(path, "dvc", "repro").stdout
-    assert f"MLflow run {doomed.info.run_id} was left RUNNING by a process that is gone: marked KILLED" in output
-    assert client.get_run(doomed.info.run_id).info.status == "KILLED"
-    runs = client.search_runs([client.get_experiment_by_name("cifar").experiment_id])
-    assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
