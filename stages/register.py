@@ -11,6 +11,7 @@ def arguments(parser):
     parser.add_argument("split_dir", type=Path)
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("metrics_json", type=Path)
+    parser.add_argument("export_json", type=Path)
     parser.add_argument("out_json", type=Path)
 
 
@@ -23,6 +24,7 @@ if __name__ == "__main__":
             args.split_dir,
             args.model_dir,
             args.metrics_json,
+            args.export_json,
             args.out_json,
             params.register.min_improvement,
         ),
@@ -30,5 +32,6 @@ if __name__ == "__main__":
             args.split_dir: f"split@{args.dataset}",
             args.model_dir: f"train@{args.dataset}",
             args.metrics_json: f"evaluate@{args.dataset}",
+            args.export_json: f"export@{args.dataset}",
         },
     )

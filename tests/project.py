@@ -20,6 +20,9 @@ TINY_TRAIN = {
     "batch_size": 32,
     "model": {"filters": [4, 8], "dropouts": [0.1, 0.1], "dense_units": 16, "activation": "relu"},
 }
+# No format by default (the stage still scores the .keras model): the shared e2e project
+# exports every format, the other projects do not pay for it.
+TINY_EXPORT = {"formats": [], "calibration_images": 16}
 
 
 def seed_params():
@@ -59,13 +62,19 @@ def run(
 
 
 def create(
-    dest: Path, data: dict[str, dict], code: Path = ROOT, train: dict | None = None, recipe: str = "seed"
+    dest: Path,
+    data: dict[str, dict],
+    code: Path = ROOT,
+    train: dict | None = None,
+    recipe: str = "seed",
+    export: dict | None = None,
 ) -> Path:
     """Copy the project at `code`, point each dataset at `data[name]` ({url, md5}), shrink training.
 
     `train` replaces the tiny training settings (benchmarks train the real model); a
     mapping in it (`model`, say) updates that section of params.yaml key by key. The tiny
     settings shrink the seed network, so `recipe` is the seed's unless a caller says otherwise.
+    `export` updates the tiny export settings (with `train`, params.yaml's stay).
     """
     dest.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
@@ -85,6 +94,8 @@ def create(
                 params["train"][key].update(value)
             else:
                 params["train"][key] = value
+        if train is None and "export" in params:
+            params["export"].update(TINY_EXPORT | (export or {}))
 
     edit_params(dest, shrink)
     run(dest, "git", "init", "-q")

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 
 SEED = 31  # the kill moments: change it to try others
 EPOCHS = 8
-STAGES = ("download", "split", "normalize", "train", "evaluate", "register")
+STAGES = ("download", "split", "normalize", "train", "evaluate", "export", "register")
 # Each `dvc repro` is killed a moment after DVC starts the target stage: most of a short stage
 # is its Python and TensorFlow imports, so moments up to 4 s land in both; training is killed
 # up to 0.5 s after its first checkpoint, mid-epoch or mid-checkpoint.

@@ -28,6 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from archives import build_archive
+from cifar_pipeline.core.layout import EXPORT_FILES
 from project import ROOT, create, edit_params, environment, run, run_queue, stages_run, start_training
 
 pytestmark = pytest.mark.e2e
@@ -44,7 +45,8 @@ def project(tmp_path_factory, archives, session_server):
         "cifar10": {"url": session_server.url(archives["cifar10"][0].name), "md5": archives["cifar10"][1]},
         "cifar100": {"url": archives["cifar100"][0].as_uri(), "md5": archives["cifar100"][1]},
     }
-    path = create(tmp_path_factory.mktemp("e2e") / "project", data)
+    formats = yaml.safe_load((ROOT / "params.yaml").read_text())["export"]["formats"]
+    path = create(tmp_path_factory.mktemp("e2e") / "project", data, export={"formats": formats})
     # System metrics every second: these runs last seconds, not hours.
     first = run(path, "dvc", "repro", env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"})
     return path, first.stdout
@@ -71,7 +73,7 @@ def test_first_repro_runs_every_stage_and_writes_every_output(project):
         ["check_params"]
         + [
             f"{stage}@{d}"
-            for stage in ("download", "split", "normalize", "train", "evaluate", "register")
+            for stage in ("download", "split", "normalize", "train", "evaluate", "export", "register")
             for d in DATASETS
         ]
     )
@@ -196,12 +198,40 @@ def test_dvc_metrics_and_plots(project):
     values = next(iter(shown.values()))["data"]
     for d in DATASETS:
         assert set(values[f"metrics/{d}.json"]["data"]) == set(TEST_METRICS)
+        assert f"metrics/export/{d}.json" in values
     run(path, "dvc", "plots", "show", "-o", "plots_html")
     html = (path / "plots_html/index.html").read_text()
     for d in DATASETS:
         for kind in ("loss", "accuracy", "confusion", "per_class"):
             assert f"plots_{kind}_{d}_csv" in html
     assert "cdn.jsdelivr.net/npm/vega@" in html  # DVC's default template: blank offline
+
+
+EXPORT_KEYS = {"test_accuracy", "test_top5_accuracy", "accuracy_change", "size_mb", "latency_b1_ms", "latency_b256_ms"}
+
+
+def test_every_format_is_exported_scored_and_recorded_in_dvc_and_mlflow(project):
+    """The export table: a DVC metric, metrics and an artifact of the logged model, tags on the version."""
+    path, _ = project
+    formats = yaml.safe_load((path / "params.yaml").read_text())["export"]["formats"]
+    shown = next(iter(json.loads(run(path, "dvc", "metrics", "show", "--json").stdout).values()))["data"]
+    c = registry(path)
+    for d in DATASETS:
+        table = json.loads((path / f"metrics/export/{d}.json").read_text())
+        assert shown[f"metrics/export/{d}.json"]["data"] == table
+        assert set(table) == {"keras", *formats} and all(set(row) == EXPORT_KEYS for row in table.values())
+        assert table["keras"]["test_accuracy"] == round(
+            json.loads((path / f"metrics/{d}.json").read_text())["test_accuracy"], 4
+        )
+        for name in formats:
+            assert (path / "exports" / d / EXPORT_FILES[name]).exists(), name
+        model_id = json.loads((path / f"models/{d}/mlflow_run.json").read_text())["model_uri"].removeprefix("models:/")
+        logged = {m.key: m for m in mlflow.get_logged_model(model_id).metrics}
+        assert logged["litert_int8/test_accuracy"].value == table["litert_int8"]["test_accuracy"]
+        assert logged["litert_int8/test_accuracy"].dataset_name == f"{d}-test"
+        assert "export_table.json" in {a.path for a in c.list_logged_model_artifacts(model_id)}
+        tags = c.get_model_version(d, "1").tags
+        assert tags["export.onnx.size_mb"] == str(table["onnx"]["size_mb"])
 
 
 def test_offline_plots_template_inlines_vega(project):
@@ -469,7 +499,9 @@ def test_changing_epochs_reruns_only_train_and_evaluate(project):
     path, _ = project
     edit_params(path, lambda p: p["train"].update(epochs=3))
     ran = stages_run(run(path, "dvc", "repro").stdout)
-    assert sorted(ran) == sorted(f"{stage}@{d}" for stage in ("train", "evaluate", "register") for d in DATASETS)
+    assert sorted(ran) == sorted(
+        f"{stage}@{d}" for stage in ("train", "evaluate", "export", "register") for d in DATASETS
+    )
     c = client(path)
     for found in runs_by_dataset(path).values():
         assert len(found) == 2
@@ -521,7 +553,10 @@ def test_a_cifar100_only_param_leaves_cifar10_alone(project):
     edit_params(path, lambda p: p["data"]["cifar100"].update(label_mode="coarse"))
     ran = stages_run(run(path, "dvc", "repro").stdout)
     assert sorted(ran) == sorted(
-        [*(f"{stage}@cifar100" for stage in ("split", "normalize", "train", "evaluate", "register")), REGISTERS[0]]
+        [
+            *(f"{stage}@cifar100" for stage in ("split", "normalize", "train", "evaluate", "export", "register")),
+            REGISTERS[0],
+        ]
     )
     latest = runs_by_dataset(path)["cifar100"][-1]
     assert latest.data.params["num_classes"] == "20"
@@ -544,7 +579,9 @@ def test_a_split_param_reruns_split_onwards_for_every_dataset(project):
     # compared there, by the numbers the store holds for both on those images.
     edit_params(path, lambda p: p["split"].update(seed=43, max_test_images=20))
     output = run(path, "dvc", "repro").stdout
-    expected = [f"{stage}@{d}" for stage in ("split", "normalize", "train", "evaluate", "register") for d in DATASETS]
+    expected = [
+        f"{stage}@{d}" for stage in ("split", "normalize", "train", "evaluate", "export", "register") for d in DATASETS
+    ]
     assert sorted(stages_run(output)) == sorted(expected)
     for d in DATASETS:
         record = json.loads((path / f"registry/{d}.json").read_text())
@@ -569,7 +606,7 @@ def test_another_archive_reruns_every_stage_of_that_dataset_only(project, tmp_pa
     md5 = build_archive(other, "cifar10", train_per_file=60, test=60, seed=1)
     edit_params(path, lambda p: p["data"]["cifar10"].update(url=str(other), md5=md5))
     ran = stages_run(run(path, "dvc", "repro").stdout)
-    stages = ("download", "split", "normalize", "train", "evaluate", "register")
+    stages = ("download", "split", "normalize", "train", "evaluate", "export", "register")
     assert sorted(ran) == sorted([*(f"{stage}@cifar10" for stage in stages), "register@cifar100"])
 
 

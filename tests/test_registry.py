@@ -93,11 +93,20 @@ def trained(root: Path, split: Path, klass: int, seed: int = 0) -> Path:
     write_json(folder / "model" / RUN_FILE, {"run_id": run_id, "model_uri": uri})
     write_json(folder / "model" / CLASSES_FILE, {"names": CLASSES, "dataset": "cifar10", "label_mode": "label"})
     evaluate_model("cifar10", split, folder / "model", folder / "metrics.json", folder / "c.csv", folder / "p.csv")
+    write_json(folder / "export.json", {"litert_int8": {"test_accuracy": 0.25, "size_mb": 0.01}})
     return folder
 
 
 def register(folder: Path, split: Path, capsys=None) -> dict:
-    register_model("cifar10", split, folder / "model", folder / "metrics.json", folder / "registry.json", MARGIN)
+    register_model(
+        "cifar10",
+        split,
+        folder / "model",
+        folder / "metrics.json",
+        folder / "export.json",
+        folder / "registry.json",
+        MARGIN,
+    )
     return json.loads((folder / "registry.json").read_text())
 
 
@@ -121,6 +130,7 @@ def test_the_first_version_takes_champion_and_the_record_holds_the_stores_number
     version = MlflowClient().get_model_version("cifar10", "1")
     assert version.tags["champion_decision"] == "no other version to compare with"
     assert version.tags["recipe"] == MlflowClient().get_run(record["run_id"]).data.tags["recipe"]
+    assert version.tags["export.litert_int8.test_accuracy"] == "0.25"  # the export table, as tags
     assert "registered cifar10 v1" in capsys.readouterr().out
 
 
@@ -241,7 +251,9 @@ folder, split, go = map(pathlib.Path, sys.argv[1:])
 (folder / "ready").touch()
 while not go.exists():
     time.sleep(0.005)
-register_model("cifar10", split, folder / "model", folder / "metrics.json", folder / "registry.json", 0.005)
+register_model(
+    "cifar10", split, folder / "model", folder / "metrics.json", folder / "export.json", folder / "registry.json", 0.005
+)
 """
 
 

@@ -26,6 +26,14 @@ CLASSES_FILE = "classes.json"  # in each of the three folders; schemas above
 
 PARTS = ("train", "val", "test")
 
+# An export folder (the export stage's output): each format's file, and the model's classes.json.
+EXPORT_FILES = {
+    "saved_model": "saved_model",  # a folder: TF Serving's layout
+    "litert_float16": "model_float16.tflite",
+    "litert_int8": "model_int8.tflite",
+    "onnx": "model.onnx",
+}
+
 
 @dataclass(frozen=True)
 class RawDataset:

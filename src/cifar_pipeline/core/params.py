@@ -24,6 +24,7 @@ from typing import Any
 from ruamel.yaml import YAMLError as _YAMLError
 
 from cifar_pipeline.core.datasets import SPECS
+from cifar_pipeline.core.layout import EXPORT_FILES
 from cifar_pipeline.core.model_size import model_weights
 from cifar_pipeline.core.param_readers import (
     ParamsError,
@@ -142,12 +143,22 @@ class RegisterParams:
 
 
 @dataclass(frozen=True)
+class ExportParams:
+    # The formats the export stage writes and scores (an empty list: none, only the table's
+    # `.keras` row).
+    formats: tuple[str, ...] = declared(list_of(choice(*EXPORT_FILES), "format names", allow_empty=True))
+    # Training images that set the int8 model's value ranges.
+    calibration_images: int = declared(integer(minimum=1))
+
+
+@dataclass(frozen=True)
 class Params:
     recipe: str
     datasets: tuple[str, ...]
     data: dict[str, DataParams]
     split: SplitParams
     train: TrainParams
+    export: ExportParams
     register: RegisterParams
     # The train keys params.yaml sets itself instead of taking the recipe's (dotted, sorted).
     recipe_overrides: tuple[str, ...] = ()
@@ -243,7 +254,13 @@ def one_dropout_per_block(model: ModelParams) -> None:
         fail("train.model.dropouts", f"must each be in [0, 1), got {list(model.dropouts)}")
 
 
+def each_format_once(export: ExportParams) -> None:
+    if len(set(export.formats)) != len(export.formats):
+        fail("export.formats", f"lists a format twice: {list(export.formats)}")
+
+
 RULES: Rules = {
+    ExportParams: (each_format_once,),
     TrainParams: (
         adam_has_no_weight_decay,
         weight_averaging_averages,
@@ -339,6 +356,7 @@ def parse_params(raw: Any, recipes: dict[str, Any] | None = None) -> Params:
         classes = SPECS[name].num_classes[data[name].label_mode]
         _check_subsample(split, name, classes)
         _check_model_size(train.model, classes)
+    export = read_section(ExportParams, top["export"], "export", RULES)
     register = read_section(RegisterParams, top["register"], "register", RULES)
     return Params(
         recipe=recipe,
@@ -346,6 +364,7 @@ def parse_params(raw: Any, recipes: dict[str, Any] | None = None) -> Params:
         data=data,
         split=split,
         train=train,
+        export=export,
         register=register,
         recipe_overrides=overrides,
     )

@@ -1,7 +1,8 @@
 """A trained model, from wherever it lives, with its class names: evaluate and `predict` share this.
 
-Three sources: a model folder or `.keras` file (the train stage's `models/<dataset>/`, class
-names in `classes.json` beside it), and the MLflow URIs `runs:/<id>/model` and
+Four sources: a model folder or `.keras` file (the train stage's `models/<dataset>/`, class
+names in `classes.json` beside it), an exported file (the export stage's `exports/<dataset>/`:
+a SavedModel folder, `.tflite` or `.onnx`, chosen by extension), and the MLflow URIs `runs:/<id>/model` and
 `models:/<name>@<alias>` or `models:/<name>/<version>` (class names in the logged
 model's metadata). Every source takes raw uint8 images (N, 32, 32, 3): the model
 normalises its own input, so there is no preprocessing to repeat here.
@@ -20,6 +21,7 @@ import numpy as np
 from cifar_pipeline.core.errors import PipelineError, first_line
 from cifar_pipeline.core.files import read_json
 from cifar_pipeline.core.layout import CLASSES_FILE, MODEL_FILE
+from cifar_pipeline.inference import exported
 from cifar_pipeline.tracking import mlflow_runs
 
 PREDICT_BATCH = 500
@@ -45,29 +47,60 @@ def is_mlflow_uri(source: str) -> bool:
 
 def load_model(source: str | Path) -> LoadedModel:
     text = str(source)
-    return _load_mlflow(text) if is_mlflow_uri(text) else _load_keras(Path(text))
+    return _load_mlflow(text) if is_mlflow_uri(text) else _load_file(Path(text))
 
 
-def _load_keras(path: Path) -> LoadedModel:
-    import keras
+# What a user installs for each exported format's runtime.
+RUNTIMES = {"saved_model": "tensorflow", "litert": "ai-edge-litert", "onnx": "onnxruntime"}
+KINDS = {"saved_model": "SavedModel", "litert": "LiteRT", "onnx": "ONNX"}
 
-    if path.is_dir():
+
+def _load_file(path: Path) -> LoadedModel:
+    """A model folder, a `.keras` file, or an exported file: a SavedModel folder, `.tflite`, `.onnx`."""
+    kind = exported.format_of(path)
+    if kind is None and path.is_dir():
         path = path / MODEL_FILE
-    if not path.is_file():
+    if not path.exists():
         raise ModelLoadError(
-            f"no model at {path}: give a model folder (models/<dataset>), a .keras file, "
-            f"runs:/<run id>/model or models:/<name>@<alias>"
+            f"no model at {path}: give a model folder (models/<dataset>), a .keras file, an exported model "
+            f"(exports/<dataset>/: saved_model, .tflite, .onnx), runs:/<run id>/model or models:/<name>@<alias>"
         )
     classes = path.parent / CLASSES_FILE
     if not classes.is_file():
         raise ModelLoadError(f"{path} has no {CLASSES_FILE} beside it, so its class names are unknown; retrain it")
+    names = read_json(classes)["names"]
+    if kind is None:
+        return _load_keras(path, names)
+    try:
+        predict = exported.LOADERS[kind](path)
+    except ImportError as err:
+        raise ModelLoadError(
+            f"{path} is a {KINDS[kind]} model, whose runtime is not installed ({first_line(err)}): "
+            f"pip install {RUNTIMES[kind]} (or pip install -r requirements.txt)"
+        ) from None
+    except Exception as err:  # each runtime has its own errors for a file that is not a model
+        raise ModelLoadError(
+            f"{path} is not a {KINDS[kind]} model this package can load ({type(err).__name__}: {first_line(err)}); "
+            f"export it again: `dvc repro export@<dataset>`"
+        ) from None
+
+    def in_parts(images: np.ndarray) -> np.ndarray:
+        parts = [predict(images[i : i + PREDICT_BATCH]) for i in range(0, len(images), PREDICT_BATCH)]
+        return np.concatenate(parts) if parts else np.zeros((0, len(names)), np.float32)
+
+    return LoadedModel(names, in_parts)
+
+
+def _load_keras(path: Path, names: list[str]) -> LoadedModel:
+    import keras
+
     try:
         model = keras.models.load_model(path)
     except Exception as err:  # Keras raises ValueError, OSError, zip errors for a file that is not a model
         raise ModelLoadError(
             f"{path} is not a Keras model this package can load ({type(err).__name__}: {err})"
         ) from None
-    return LoadedModel(read_json(classes)["names"], lambda x: model.predict(x, batch_size=PREDICT_BATCH, verbose=0))
+    return LoadedModel(names, lambda x: model.predict(x, batch_size=PREDICT_BATCH, verbose=0))
 
 
 def _why_not_loaded(uri: str, err: BaseException) -> str:

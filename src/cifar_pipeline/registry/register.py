@@ -99,7 +99,13 @@ def confirmed_metrics(dataset: str, run_id: str, model_id: str | None, digest: s
 
 @mlflow_runs.server_errors()
 def register_model(
-    dataset: str, split_dir: Path, model_dir: Path, metrics_json: Path, out_json: Path, min_improvement: float
+    dataset: str,
+    split_dir: Path,
+    model_dir: Path,
+    metrics_json: Path,
+    export_json: Path,
+    out_json: Path,
+    min_improvement: float,
 ) -> None:
     """Register the evaluated model (once per run), repair what the store lost, move the aliases."""
     trained = read_json(model_dir / RUN_FILE)
@@ -129,6 +135,7 @@ def register_model(
     try:
         with registration_lock(client, candidate.name, say=lambda line: print(f"{dataset}: {line}")) as heartbeat:
             version, created = _ensure_version(client, candidate, run, previous)
+            _tag_exports(client, version, read_json(export_json))
             holder = _settle_champion(client, candidate, version, created, min_improvement, heartbeat)
             newest = max(int(v.version) for v in _versions(client, candidate.name))
             if _alias(client, candidate.name, NEWEST) != str(newest):
@@ -154,6 +161,16 @@ def register_model(
             needs = f"EDIT permission on registered model {candidate.name!r}"
             raise RegistryError(mlflow_runs.server_problem(err, uri, needs)) from None
         raise RegistryError(f"the model registry at {uri} refused: {first_line(err)}; run `dvc repro` again") from None
+
+
+def _tag_exports(client: MlflowClient, version: ModelVersion, table: dict[str, dict[str, float]]) -> None:
+    """`export.<format>.<number>` tags from the export stage's table, set where they differ (the
+    table changes when export.formats does, without a new version)."""
+    for name, row in table.items():
+        for key, value in row.items():
+            tag = f"export.{name}.{key}"
+            if version.tags.get(tag) != str(value):
+                client.set_model_version_tag(version.name, version.version, tag, str(value))
 
 
 def _alias(client: MlflowClient, name: str, alias: str) -> str | None:
