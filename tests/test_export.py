@@ -64,6 +64,13 @@ def test_float_formats_answer_what_the_keras_model_answers(folder, name):
     assert np.abs(exported - original).max() < 0.05
 
 
+def test_the_saved_model_stores_each_weight_once(folder):
+    """Keras's own `model.export` stores every weight twice (keras-team/keras#23553)."""
+    weights = keras.models.load_model(folder / MODEL_FILE).count_params() * 4
+    stored = sum(p.stat().st_size for p in (folder / EXPORT_FILES["saved_model"] / "variables").iterdir())
+    assert weights <= stored < 1.2 * weights
+
+
 def test_int8_takes_raw_pixels_and_keeps_the_answers_within_quantisation_error(folder):
     from ai_edge_litert.interpreter import Interpreter
 

@@ -40,16 +40,26 @@ def float32_copy(model: keras.Model) -> keras.Model:
 
 
 def saved_model(model: keras.Model, out: Path, calibration: np.ndarray) -> None:
-    """TF Serving's format; its `serving_default` signature takes uint8 images."""
-    model.export(
-        str(out), format="tf_saved_model", input_signature=[tf.TensorSpec(IMAGE_BATCH, tf.uint8)], verbose=False
+    """TF Serving's format: signature `serving_default`, input `images` (uint8), output `probabilities`."""
+    _saved_model(model, out, tf.uint8)
+
+
+def _saved_model(model: keras.Model, out: Path, dtype: tf.DType) -> None:
+    """Saved with `tf.saved_model.save`, not Keras's `model.export`, which stores every weight twice
+    (keras-team/keras#23553, open): the module tracks the very `tf.Variable`s the function reads."""
+    module = tf.Module()
+    module.weights = [variable.value for variable in model.variables]
+    module.serve = tf.function(
+        lambda images: {"probabilities": model(tf.cast(images, tf.float32))},
+        input_signature=[tf.TensorSpec(IMAGE_BATCH, dtype, name="images")],
     )
+    tf.saved_model.save(module, str(out), signatures={"serving_default": module.serve.get_concrete_function()})
 
 
 def litert_float16(model: keras.Model, out: Path, calibration: np.ndarray) -> None:
     """Weights stored in float16 (half the size), computed in float32."""
     with tempfile.TemporaryDirectory(prefix="export-") as folder:
-        saved_model(model, Path(folder), calibration)
+        _saved_model(model, Path(folder), tf.uint8)
         converter = tf.lite.TFLiteConverter.from_saved_model(folder)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -68,9 +78,7 @@ def litert_int8(model: keras.Model, out: Path, calibration: np.ndarray) -> None:
             yield [calibration[start : start + 64].astype(np.float32)]
 
     with tempfile.TemporaryDirectory(prefix="export-") as folder:
-        model.export(
-            folder, format="tf_saved_model", input_signature=[tf.TensorSpec(IMAGE_BATCH, tf.float32)], verbose=False
-        )
+        _saved_model(model, Path(folder), tf.float32)
         converter = tf.lite.TFLiteConverter.from_saved_model(folder)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = batches
