@@ -82,6 +82,25 @@ def test_int8_takes_raw_pixels_and_keeps_the_answers_within_quantisation_error(f
     assert np.abs(exported - original).mean() < 0.05
 
 
+def test_an_int8_model_that_xnnpack_refuses_runs_on_litert_reference_kernels(tmp_path, capsys):
+    """A layer that never fires on the calibration images gets a scale near 0, and XNNPACK refuses
+    the graph ("failed to prepare"); a collapsed one-epoch model did so in a queued experiment."""
+    from cifar_pipeline.inference import exported
+    from cifar_pipeline.training.model import build_classifier
+    from test_model import STATS, TINY
+
+    model = build_classifier(TINY, 10, STATS)
+    dense = next(
+        layer for layer in model.layers if isinstance(layer, keras.layers.Dense) and layer.name != "probabilities"
+    )
+    kernel, bias = dense.get_weights()
+    dense.set_weights([kernel, np.full_like(bias, -1e3)])  # its ReLU outputs 0 for every image
+    CONVERTERS["litert_int8"](float32_copy(model), tmp_path / "dead.tflite", IMAGES[:16])
+    probabilities = exported.litert(tmp_path / "dead.tflite")(IMAGES[:3])
+    assert probabilities.shape == (3, 10) and np.allclose(probabilities.sum(1), 1.0, atol=0.02)
+    assert "XNNPACK cannot run this model; running it on LiteRT's reference kernels" in capsys.readouterr().err
+
+
 def test_cifar_predict_reads_each_format_by_its_extension(folder, capsys):
     np.save(folder / "images.npy", IMAGES[:2])
     outputs = {}

@@ -8,6 +8,7 @@ on a `.keras` file never needs onnxruntime.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,10 +46,25 @@ def saved_model(path: Path) -> Predict:
 def litert(path: Path) -> Predict:
     """LiteRT's own runtime, not TensorFlow's deprecated `tf.lite.Interpreter`, which crashes the
     process (a segmentation fault) on a damaged file where this one verifies it and raises."""
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     interpreter = Interpreter(model_path=str(path), num_threads=threads())
     (given,) = interpreter.get_input_details()
+    try:
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(given["index"], np.zeros(given["shape"], given["dtype"]))
+        interpreter.invoke()
+    except RuntimeError as err:
+        if "XNNPACK" not in str(err):
+            raise
+        # XNNPACK (LiteRT's fast CPU kernels) refuses some int8 graphs, such as one whose layer
+        # never fired on the calibration images (a scale near 0); LiteRT's own kernels run them.
+        print(f"note: {path}: XNNPACK cannot run this model; running it on LiteRT's reference kernels", file=sys.stderr)
+        interpreter = Interpreter(
+            model_path=str(path),
+            num_threads=threads(),
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        )
     (taken,) = interpreter.get_output_details()
     shape: list[tuple[int, ...]] = [()]
 

@@ -1,7 +1,8 @@
 """`cifar-predict MODEL INPUT...`: top-5 class names and probabilities for each image.
 
 MODEL: `models:/cifar10@champion`, `models:/<name>/<version>`, `runs:/<run id>/model`, a
-model folder (`models/cifar10`) or a `.keras` file. INPUT: PNG/JPEG files, folders of them,
+model folder (`models/cifar10`), a `.keras` file, or an exported model (`exports/cifar10/`: the
+`saved_model` folder, a `.tflite` or `.onnx` file). INPUT: PNG/JPEG files, folders of them,
 `.npy` uint8 arrays (N, 32, 32, 3), official CIFAR binary batches (`.bin`).
 The store is the project's `mlflow.db` (run it in the project root) or MLFLOW_TRACKING_URI.
 """
@@ -57,7 +58,10 @@ def render(inputs: list[str], ranked: list[list[tuple[str, float]]], form: str) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cifar-predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, a folder or .keras")
+    parser.add_argument(
+        "model",
+        help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, a folder, .keras, saved_model/, .tflite, .onnx",
+    )
     parser.add_argument(
         "inputs", nargs="+", type=Path, help="images, folders of images, .npy arrays, CIFAR .bin batches"
     )
