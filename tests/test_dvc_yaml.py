@@ -53,9 +53,9 @@ def test_every_stage_lists_exactly_the_src_modules_it_imports():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
         body = stage.get("do", stage)
-        script = re.search(r"python (stages/\S+\.py)", body["cmd"]).group(1)
+        script = "stages/{}.py".format(re.search(r"python -m stages\.(\w+)", body["cmd"]).group(1))
         listed = {dep for dep in body["deps"] if isinstance(dep, str) and dep.startswith("src/")}
-        assert script in body["deps"], name
+        assert script in body["deps"] and "stages/__init__.py" in body["deps"], name
         assert listed == import_closure(ROOT / script), name
 
 

@@ -100,8 +100,9 @@ def _space_hint(path: str | None) -> str:
 
 
 def declared_params(script: str, item: str | None, dvc_yaml: Path = DVC_YAML) -> list[tuple[str, str]]:
-    """The params `dvc.yaml` declares for the stage that runs `stages/<script>`, as (file, key)
-    pairs with `${item}` filled in (`${recipe}`-style keys are filled from params.yaml when read).
+    """The params `dvc.yaml` declares for the stage that runs `stages/<script>` (`python -m
+    stages.<name>`), as (file, key) pairs with `${item}` filled in (`${recipe}`-style keys are
+    filled from params.yaml when read).
 
     These are the values DVC records in dvc.lock when the stage finishes.
     """
@@ -110,7 +111,7 @@ def declared_params(script: str, item: str | None, dvc_yaml: Path = DVC_YAML) ->
     stages = (read_yaml(dvc_yaml.read_text(encoding="utf-8")) or {}).get("stages", {})
     for stage in stages.values():
         body = stage.get("do", stage)
-        if f"stages/{script}" in str(body.get("cmd", "")):
+        if re.search(rf"\bstages\.{re.escape(Path(script).stem)}\b", str(body.get("cmd", ""))):
             entries: list[tuple[str, str]] = []
             for entry in body.get("params", []):
                 if isinstance(entry, dict):  # another params file: {file: [keys]}

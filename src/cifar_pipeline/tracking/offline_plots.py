@@ -4,7 +4,7 @@ DVC's default template loads Vega, Vega-Lite and Vega-Embed from a CDN, so offli
 HTML renders blank. This template carries all three inline (the bundle that the
 `vl-convert-python` package ships, about 0.9 MB), so the page DVC writes needs no network.
 
-    PYTHONPATH=src python -m cifar_pipeline.tracking.offline_plots      # once per clone
+    python -m cifar_pipeline.tracking.offline_plots      # once per clone
     dvc plots show                                              # now works offline
 """
 

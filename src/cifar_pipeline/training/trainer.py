@@ -396,7 +396,7 @@ def check_role(distribution: Distribution, chief: bool) -> None:
     if chief and not distribution.chief:
         raise DistributionError(
             f"TF_CONFIG makes this process {distribution.task}, not the chief: start it with "
-            f"`PYTHONPATH=src python -m cifar_pipeline.training.worker <dataset>`; only the chief runs `dvc repro`"
+            f"`python -m cifar_pipeline.training.worker <dataset>`; only the chief runs `dvc repro`"
         )
 
 

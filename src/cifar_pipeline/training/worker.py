@@ -1,4 +1,4 @@
-"""A non-chief worker of a multi-worker training: `PYTHONPATH=src python -m cifar_pipeline.training.worker <dataset>`.
+"""A non-chief worker of a multi-worker training: `python -m cifar_pipeline.training.worker <dataset>`.
 
 Run on every machine of the cluster but the chief's, in a clone of the repository with the
 same data (`dvc pull`) and that machine's TF_CONFIG, while the chief runs `dvc repro`. It
