@@ -1,8 +1,8 @@
-"""The team infrastructure of the README's "Team setup", started for real on 127.0.0.1.
+"""The team infrastructure of docs/team.md, started for real on 127.0.0.1.
 
 PostgreSQL 16 from `pgserver` (Unix socket, no TCP port), an S3 endpoint from
 `moto_server`, and `mlflow server` with basic-auth on top of both, launched with the
-README's command. Every process runs in its own process group and is stopped by
+docs/team.md's command. Every process runs in its own process group and is stopped by
 `stop()` (SIGTERM, then SIGKILL after a bound), so a failed test leaves none behind.
 """
 
@@ -151,12 +151,12 @@ class Postgres:
         return out.stdout.strip()
 
     def uri(self, database: str) -> str:
-        # The README's form; host=<folder> makes psycopg2 use the Unix socket in that folder.
+        # docs/team.md's form; host=<folder> makes psycopg2 use the Unix socket in that folder.
         return f"postgresql+psycopg2://postgres:@/{database}?host={self.folder}"
 
 
 class TeamServers:
-    """PostgreSQL + S3 + `mlflow server --app-name basic-auth`, as the README's Team setup runs them."""
+    """PostgreSQL + S3 + `mlflow server --app-name basic-auth`, as docs/team.md runs them."""
 
     bucket = "team-bucket"
 

@@ -109,7 +109,7 @@ def cluster_project(tmp_path_factory, archives):
 
 
 def start_cluster(path, configs: list[str], worker_dir=None) -> tuple[subprocess.Popen, subprocess.Popen]:
-    """The README's launch: the chief through `dvc repro` in `path`, the other worker through its
+    """docs/distributed.md's launch: the chief through `dvc repro` in `path`, the other worker through its
     command in `worker_dir` (default: the same folder), its output in `worker.log` there."""
     worker_dir = worker_dir or path
     chief = subprocess.Popen(

@@ -235,7 +235,7 @@ def test_every_format_is_exported_scored_and_recorded_in_dvc_and_mlflow(project)
 
 
 def test_offline_plots_template_inlines_vega(project):
-    """The README's offline path: after one command, `dvc plots show` needs no network."""
+    """docs/offline.md's offline path: after one command, `dvc plots show` needs no network."""
     path, _ = project
     run(path, "sh", "-c", "PYTHONPATH=src python -m cifar_pipeline.tracking.offline_plots")
     assert "html_template = tmp/plots-offline.html" in (path / ".dvc/config.local").read_text()

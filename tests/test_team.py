@@ -1,4 +1,4 @@
-"""The README's "Team setup", for real: two clones, one tracking server, one DVC remote.
+"""docs/team.md, for real: two clones, one tracking server, one DVC remote.
 
 The tests start PostgreSQL (pgserver), an S3 endpoint (moto_server) and `mlflow server
 --app-name basic-auth` on top of both, a bare git repo as `origin`, and run in order:
@@ -47,7 +47,7 @@ def as_user(team: TeamServers, user: str, password: str | None = None) -> dict[s
 
 
 def use_remote(path: Path, team: TeamServers) -> None:
-    """The README's remote commands: the endpoint in .dvc/config (git), the keys in .dvc/config.local (not)."""
+    """docs/team.md's remote commands: the endpoint in .dvc/config (git), the keys in .dvc/config.local (not)."""
     run(path, "dvc", "remote", "add", "-d", "-f", "team", f"s3://{team.bucket}/dvc")
     run(path, "dvc", "remote", "modify", "team", "endpointurl", team.s3_endpoint)
     run(path, "dvc", "remote", "modify", "--local", "team", "access_key_id", S3_KEYS["AWS_ACCESS_KEY_ID"])

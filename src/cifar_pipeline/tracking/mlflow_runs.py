@@ -4,7 +4,7 @@ Default store: `sqlite:///<project root>/mlflow.db`, MLflow's own default, so a 
 `mlflow ui` in the project root shows every run. Queued DVC experiments run in a copy
 under `.dvc/tmp/exps/`; DVC passes the real project root as `DVC_ROOT`, and using it
 keeps their runs (and artifacts) in the same store instead of a folder DVC deletes.
-`MLFLOW_TRACKING_URI` overrides all of this for a shared server (README, "Team setup"):
+`MLFLOW_TRACKING_URI` overrides all of this for a shared server (docs/team.md):
 then a refused login, a server that is down or answers 5xx becomes one `error:` line
 (`server_errors`), and the stage leaves no output, so the next `dvc repro` picks up.
 """

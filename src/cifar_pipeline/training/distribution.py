@@ -130,7 +130,7 @@ def cluster() -> tuple[dict, str, int]:
     if not raw:
         raise DistributionError(
             f"train.distribute is multi_worker, but TF_CONFIG is not set: set it on every worker to the "
-            f"cluster and that worker's place in it, e.g. TF_CONFIG='{example}' (README, Train on several devices)"
+            f"cluster and that worker's place in it, e.g. TF_CONFIG='{example}' (docs/distributed.md)"
         )
     try:
         config = json.loads(raw)
