@@ -30,9 +30,10 @@ from cifar_pipeline.core.files import load_array, read_json
 from cifar_pipeline.core.params import flatten
 from cifar_pipeline.data.channel_stats import ChannelStats
 from cifar_pipeline.inference.evaluation import evaluate_probabilities
+from cifar_pipeline.training.final_model import export_model
 from cifar_pipeline.training.hardware import precision_policy
 from cifar_pipeline.training.model import exportable
-from cifar_pipeline.training.trainer import export_model, fit_classifier, new_classifier
+from cifar_pipeline.training.trainer import fit_classifier, new_classifier
 from cifar_pipeline.training.views import VIEWS, with_test_views
 from recipes import train_settings
 from seed_port import SeedPortOptions, train_seed_port

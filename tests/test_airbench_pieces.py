@@ -138,7 +138,8 @@ def test_lookahead_pulls_the_weights_to_the_slow_copy_every_five_steps():
 
 
 def test_a_fit_with_every_piece_trains_and_its_exported_model_reloads_the_same(tmp_path):
-    from cifar_pipeline.training.trainer import export_model, fit_classifier, new_classifier
+    from cifar_pipeline.training.final_model import export_model
+    from cifar_pipeline.training.trainer import fit_classifier, new_classifier
 
     settings = tiny_settings(
         epochs=2,

@@ -25,8 +25,8 @@ from cifar_pipeline.core.layout import CLASSES_FILE, MODEL_FILE, RUN_FILE
 from cifar_pipeline.inference.evaluation import evaluate_model
 from cifar_pipeline.registry import lock
 from cifar_pipeline.registry.register import RegistryError, register_model, registered_name
-from cifar_pipeline.tracking import mlflow_runs
-from cifar_pipeline.training.trainer import log_model
+from cifar_pipeline.tracking import mlflow_datasets, mlflow_runs, mlflow_store
+from cifar_pipeline.tracking.logged_model import log_model
 from project import ROOT, environment
 from team_servers import Service, answers, free_port
 
@@ -121,7 +121,7 @@ def test_the_first_version_takes_champion_and_the_record_holds_the_stores_number
         "version": 1,
         "run_id": None,
         "model_id": None,
-        "test_set_digest": mlflow_runs.images_digest("0" * 32, "label", np.arange(100)),
+        "test_set_digest": mlflow_datasets.images_digest("0" * 32, "label", np.arange(100)),
         "test_images": 100,
         "test_accuracy": 0.19,
         "champion": True,
@@ -152,7 +152,7 @@ def test_the_test_metrics_are_the_logged_models_on_the_test_dataset(full):
     [metric] = [m for m in mlflow.get_logged_model(model_id).metrics if m.key == "test_accuracy"]
     assert (metric.value, metric.dataset_name) == (0.19, "cifar10-test")
     best = mlflow.search_logged_models(
-        experiment_ids=[mlflow_runs.configure()],
+        experiment_ids=[mlflow_store.configure()],
         output_format="list",
         order_by=[{"field_name": "metrics.test_accuracy", "ascending": False}],
     )
@@ -174,7 +174,7 @@ def test_a_quick_try_champion_is_scored_on_the_full_test_set_and_loses_it(full, 
     )
     # the score is kept on v1's logged model, from a run shown under the candidate's run
     [scoring] = mlflow.search_runs(
-        [mlflow_runs.configure()], filter_string="tags.scored_version = 'cifar10/1'", output_format="list"
+        [mlflow_store.configure()], filter_string="tags.scored_version = 'cifar10/1'", output_format="list"
     )
     assert scoring.data.tags["mlflow.parentRunId"] == record["run_id"]
     # ... so the next quick try scores the champion on the subsample, and a worse model does not take it
@@ -224,7 +224,7 @@ def test_register_again_changes_nothing_and_puts_back_what_the_store_lost(full, 
 
 
 def test_a_lock_left_by_a_killed_register_is_taken_over_and_a_live_one_waited_for(store, monkeypatch):
-    client = MlflowClient(mlflow_runs.use_store())
+    client = MlflowClient(mlflow_store.use_store())
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = {"host": lock.socket.gethostname(), "pid": dead.stdout.strip(), "heartbeat": f"{time.time()}"}
     client.create_registered_model("cifar10.lock", tags=stale)
@@ -259,7 +259,7 @@ register_model(
 
 def race(full: Path, rounds: int, env: dict[str, str]) -> None:
     """Each round two better models register at the same moment; the better must end as champion."""
-    client = MlflowClient(mlflow_runs.use_store())
+    client = MlflowClient(mlflow_store.use_store())
     base = trained(full.parent, full, 0)
     register(base, full)
     for r in range(rounds):
@@ -351,8 +351,8 @@ def test_a_registry_that_refuses_the_user_names_the_permission_to_ask_for(full, 
         raise MlflowException("Permission denied", error_code=PERMISSION_DENIED)
 
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "bob")
-    monkeypatch.setattr(mlflow_runs, "is_server", lambda uri: True)  # as a team server answers: 403
-    monkeypatch.setattr(mlflow_runs, "check_store", lambda uri: None)
+    monkeypatch.setattr(mlflow_store, "is_server", lambda uri: True)  # as a team server answers: 403
+    monkeypatch.setattr(mlflow_store, "check_store", lambda uri: None)
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", refuse)
     with pytest.raises(
         RegistryError, match=r"does not let user 'bob' do this \(403.*EDIT permission on registered model 'cifar10'"

@@ -11,25 +11,25 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, PERMISSION_DENIED, UNAUTHENTICATED
 from mlflow.tracking import MlflowClient
 
-from cifar_pipeline.tracking import mlflow_runs
+from cifar_pipeline.tracking import mlflow_runs, mlflow_store
 from project import ROOT, environment
 
 
 def test_default_store_is_sqlite_at_the_dvc_root(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # what DVC sets, also for queued runs in .dvc/tmp/exps
-    assert mlflow_runs.tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert mlflow_store.tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 def test_tracking_uri_env_wins(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert mlflow_runs.tracking_uri() == "http://127.0.0.1:5000"
+    assert mlflow_store.tracking_uri() == "http://127.0.0.1:5000"
 
 
 @pytest.mark.slow
 def test_parallel_first_use_of_a_fresh_store_agrees_on_one_experiment(tmp_path):
     """What `dvc queue start -j 2` does on a new project: several stages create the store at once."""
-    code = "from cifar_pipeline.tracking import mlflow_runs; print(mlflow_runs.configure())"
+    code = "from cifar_pipeline.tracking import mlflow_runs, mlflow_store; print(mlflow_store.configure())"
     env = environment() | {"DVC_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT / "src")}
     procs = [
         subprocess.Popen(
@@ -59,8 +59,8 @@ def store(monkeypatch, tmp_path):
 
 def test_a_file_that_is_not_a_database_is_named_in_one_line(store):
     (store / "mlflow.db").write_bytes(b"\x00junk" * 1000)
-    with pytest.raises(mlflow_runs.TrackingError, match=r"mlflow.db cannot be used: it is not an MLflow database"):
-        mlflow_runs.configure()
+    with pytest.raises(mlflow_store.TrackingError, match=r"mlflow.db cannot be used: it is not an MLflow database"):
+        mlflow_store.configure()
 
 
 def test_an_unreachable_server_fails_in_seconds(monkeypatch):
@@ -70,29 +70,29 @@ def test_an_unreachable_server_fails_in_seconds(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     start = time.monotonic()
     with pytest.raises(
-        mlflow_runs.TrackingError, match=r"cannot reach the MLflow tracking server http://127.0.0.1:\d+ \("
+        mlflow_store.TrackingError, match=r"cannot reach the MLflow tracking server http://127.0.0.1:\d+ \("
     ):
-        mlflow_runs.configure()
+        mlflow_store.configure()
     assert time.monotonic() - start < 15
 
 
 def test_an_unsupported_scheme_names_the_variable_and_the_schemes(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "foo://bar")
-    with pytest.raises(mlflow_runs.TrackingError, match=r"foo://bar \(from MLFLOW_TRACKING_URI\) has the unsupported"):
-        mlflow_runs.configure()
+    with pytest.raises(mlflow_store.TrackingError, match=r"foo://bar \(from MLFLOW_TRACKING_URI\) has the unsupported"):
+        mlflow_store.configure()
 
 
 def test_a_deleted_experiment_says_how_to_restore_it(store):
-    experiment_id = mlflow_runs.configure()
+    experiment_id = mlflow_store.configure()
     MlflowClient().delete_experiment(experiment_id)
     with pytest.raises(
-        mlflow_runs.TrackingError, match=rf"is deleted .*mlflow experiments restore --experiment-id {experiment_id}"
+        mlflow_store.TrackingError, match=rf"is deleted .*mlflow experiments restore --experiment-id {experiment_id}"
     ):
-        mlflow_runs.configure()
+        mlflow_store.configure()
 
 
 def test_a_run_that_finishes_after_a_failure_loses_the_failure_tag(store):
-    mlflow_runs.configure()
+    mlflow_store.configure()
     with pytest.raises(OSError), mlflow_runs.training_run("cifar10", {"a": 1}) as (run_id, _):
         raise OSError(28, "No space left on device")
     assert MlflowClient().get_run(run_id).data.tags["failure"].startswith("OSError")
@@ -139,7 +139,7 @@ def http_error(status: int) -> requests.HTTPError:
 def test_a_server_failure_is_one_line_that_says_what_to_do(monkeypatch, err, expected):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", SERVER)
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
-    with pytest.raises(mlflow_runs.TrackingError) as caught, mlflow_runs.server_errors():
+    with pytest.raises(mlflow_store.TrackingError) as caught, mlflow_store.server_errors():
         raise err
     message = str(caught.value)
     assert expected in message and SERVER in message and "\n" not in message
@@ -150,13 +150,13 @@ def test_the_user_name_may_come_from_mlflows_credentials_file(monkeypatch, tmp_p
     (tmp_path / ".mlflow/credentials").write_text("[mlflow]\nmlflow_tracking_username = bob\n")
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
-    message = mlflow_runs.server_problem(http_error(401), SERVER)
+    message = mlflow_store.server_problem(http_error(401), SERVER)
     assert "to user 'bob'" in message
 
 
 def test_errors_of_a_local_store_keep_their_type(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    with pytest.raises(MlflowException), mlflow_runs.server_errors():
+    with pytest.raises(MlflowException), mlflow_store.server_errors():
         raise MlflowException("a bug of ours, with its traceback")
 
 
@@ -179,5 +179,5 @@ def test_a_run_is_let_go_at_once_when_its_server_already_failed(monkeypatch, tmp
 def test_a_tracking_uri_with_a_login_reaches_a_server_that_is_up(server):
     """urllib took `alice:pw@127.0.0.1` for a host name and reported it unknown; requests sends the login."""
     server.login = ("alice", "pw")
-    mlflow_runs.check_store(f"http://alice:pw@127.0.0.1:{server.server_address[1]}")
+    mlflow_store.check_store(f"http://alice:pw@127.0.0.1:{server.server_address[1]}")
     server.login = None

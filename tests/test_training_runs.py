@@ -29,7 +29,7 @@ from cifar_pipeline.core.layout import MODEL_FILE
 from cifar_pipeline.core.params import ModelParams
 from cifar_pipeline.data.channel_stats import ChannelStats
 from cifar_pipeline.tracking import orphans
-from cifar_pipeline.training import trainer
+from cifar_pipeline.training import final_model, trainer
 from cifar_pipeline.training.checkpoint import CHECKPOINT_ROOT
 from cifar_pipeline.training.input_pipeline import steps_per_epoch
 from cifar_pipeline.training.model import patch_whitening
@@ -419,7 +419,7 @@ def test_refreshed_batchnorm_statistics_are_the_mean_over_the_batches():
     model = keras.Model(inputs, norm(inputs))
     batches = [np.array([[0.0, 1.0], [2.0, 3.0]], np.float32), np.array([[4.0, 5.0], [6.0, 9.0]], np.float32)]
     data = tf.data.Dataset.from_tensor_slices((np.stack(batches), np.zeros((2, 2), np.int32)))
-    trainer.refresh_batchnorm_statistics(model, data, count=2)
+    final_model.refresh_batchnorm_statistics(model, data, count=2)
     np.testing.assert_allclose(norm.moving_mean.numpy(), np.mean([b.mean(axis=0) for b in batches], axis=0))
     np.testing.assert_allclose(norm.moving_variance.numpy(), np.mean([b.var(axis=0) for b in batches], axis=0))
     assert norm.momentum == 0.99  # the layer's own momentum is put back

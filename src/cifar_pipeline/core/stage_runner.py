@@ -89,7 +89,7 @@ def file_system_problem(err: OSError) -> str:
 def _space_hint(path: str | None) -> str:
     if path is None:
         return "free some space and run again"
-    if "mlruns" in Path(path).parts:  # the local MLflow store's artifacts (tracking.mlflow_runs)
+    if "mlruns" in Path(path).parts:  # the local MLflow store's artifacts (tracking.mlflow_store)
         return (
             "it is MLflow's artifact store: free space on that disk, or set MLFLOW_TRACKING_URI to a store "
             "on another; run `dvc repro` again"

@@ -23,7 +23,7 @@ from cifar_pipeline.export.convert import CONVERTERS, PACKAGES, float32_copy
 from cifar_pipeline.inference import exported
 from cifar_pipeline.inference.evaluation import test_images
 from cifar_pipeline.inference.loading import load_model
-from cifar_pipeline.tracking import mlflow_runs
+from cifar_pipeline.tracking import mlflow_models, mlflow_runs
 
 ORIGINAL = "keras"  # the table's row for the trained `.keras` model, as `cifar-predict` runs it
 TABLE_ARTIFACT = "export_table.json"  # beside the logged model's files
@@ -134,7 +134,7 @@ def _log(dataset: str, split_dir: Path, model_dir: Path, table: dict[str, dict[s
     the test images (the Models tab shows them), and the table as the logged model's artifact."""
     trained_with = read_json(model_dir / RUN_FILE)
     run_id = trained_with["run_id"]
-    model_id = mlflow_runs.model_id_of(trained_with.get("model_uri"))
+    model_id = mlflow_models.model_id_of(trained_with.get("model_uri"))
     with mlflow_runs.reopen_run(run_id):
         data = test_images(dataset, mlflow.get_run(run_id).data.params, split_dir)
         metrics = {

@@ -14,7 +14,7 @@ from cifar_pipeline.core.files import atomic_file, read_json, write_csv, write_j
 from cifar_pipeline.core.layout import RUN_FILE, load_classes, load_part
 from cifar_pipeline.core.metric_names import TEST_KEYS
 from cifar_pipeline.inference.loading import LoadedModel, load_model
-from cifar_pipeline.tracking import mlflow_runs
+from cifar_pipeline.tracking import mlflow_datasets, mlflow_models, mlflow_runs, mlflow_store
 from cifar_pipeline.tracking.figures import confusion_matrix
 
 EPSILON = 1e-7  # Keras clips probabilities the same way before taking the log
@@ -83,7 +83,7 @@ def score(model: LoadedModel, split_dir: Path, what: str, fix: str = "run `dvc r
 
 def test_images(dataset: str, trained: dict[str, str], split_dir: Path) -> MetaDataset:
     """The split's test images as the MLflow dataset their metrics are linked to."""
-    return mlflow_runs.images_dataset(
+    return mlflow_datasets.images_dataset(
         dataset,
         "test",
         trained["data.url"],
@@ -93,7 +93,7 @@ def test_images(dataset: str, trained: dict[str, str], split_dir: Path) -> MetaD
     )
 
 
-@mlflow_runs.server_errors()
+@mlflow_store.server_errors()
 def evaluate_model(
     dataset: str, split_dir: Path, model_dir: Path, metrics_json: Path, confusion_csv: Path, per_class_csv: Path
 ) -> None:
@@ -110,7 +110,7 @@ def evaluate_model(
 
     trained_with = read_json(model_dir / RUN_FILE)
     run_id = trained_with["run_id"]
-    model_id = mlflow_runs.model_id_of(trained_with.get("model_uri"))
+    model_id = mlflow_models.model_id_of(trained_with.get("model_uri"))
     with mlflow_runs.reopen_run(run_id):
         run = mlflow.get_run(run_id)
         trained = run.data.params  # the archive the model was trained from
@@ -118,7 +118,7 @@ def evaluate_model(
         if "data.md5" in trained:  # runs logged before dataset-neutral keys have no record of it
             data = test_images(dataset, trained, split_dir)
             mlflow.log_input(data, context="test")
-        held = mlflow_runs.model_scores(model_id, data.digest) if model_id and data else run.data.metrics
+        held = mlflow_models.model_scores(model_id, data.digest) if model_id and data else run.data.metrics
         # Once: a rerun after a kill must not append the same values to the metric history again.
         new = {k: v for k, v in result.metrics().items() if held.get(k) != v}
         if new:

@@ -22,7 +22,7 @@ from cifar_pipeline.core.errors import PipelineError, first_line
 from cifar_pipeline.core.files import read_json
 from cifar_pipeline.core.layout import CLASSES_FILE, MODEL_FILE
 from cifar_pipeline.inference import exported
-from cifar_pipeline.tracking import mlflow_runs
+from cifar_pipeline.tracking import mlflow_store
 
 PREDICT_BATCH = 500
 
@@ -108,7 +108,7 @@ def _why_not_loaded(uri: str, err: BaseException) -> str:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    where = mlflow_runs.tracking_uri()
+    where = mlflow_store.tracking_uri()
     name, _, which = uri.removeprefix("models:/").partition("@" if "@" in uri else "/")
     version = None
     if uri.startswith("models:/") and which:
@@ -133,13 +133,13 @@ def _load_mlflow(uri: str) -> LoadedModel:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    store = mlflow_runs.project_root() / "mlflow.db"
+    store = mlflow_store.project_root() / "mlflow.db"
     if not os.environ.get("MLFLOW_TRACKING_URI") and not store.is_file():  # MLflow would create an empty one
         raise ModelLoadError(
             f"cannot load {uri}: there is no MLflow store here ({store} does not exist); run this in the "
             f"project's root, where `dvc repro` made it, or set MLFLOW_TRACKING_URI to the store"
         )
-    mlflow_runs.use_store()
+    mlflow_store.use_store()
     try:
         model = mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as err:

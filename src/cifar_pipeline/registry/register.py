@@ -32,7 +32,7 @@ from cifar_pipeline.inference.evaluation import score, test_images
 from cifar_pipeline.inference.loading import ModelLoadError, load_model
 from cifar_pipeline.registry.champion import Decision, Standing, decide
 from cifar_pipeline.registry.lock import registration_lock
-from cifar_pipeline.tracking import mlflow_runs
+from cifar_pipeline.tracking import mlflow_models, mlflow_runs, mlflow_store
 
 NEWEST = "newest"  # MLflow reserves "latest" (models:/<name>/latest already means the newest version)
 CHAMPION = "champion"
@@ -73,7 +73,7 @@ def confirmed_metrics(dataset: str, run_id: str, model_id: str | None, digest: s
             f"run {run_id} logged its model before models were MLflow 3 logged models, so the store holds no "
             f"test metrics of it; retrain with `dvc repro --force train@{dataset}`"
         )
-    held = mlflow_runs.model_scores(model_id, digest)
+    held = mlflow_models.model_scores(model_id, digest)
     if any(key not in held for key in TEST_KEYS):
         raise RegistryError(
             f"MLflow holds no test metrics of model {model_id} (run {run_id}) on these test images ({digest}); {redo}"
@@ -97,7 +97,7 @@ def confirmed_metrics(dataset: str, run_id: str, model_id: str | None, digest: s
     return {key: held[key] for key in TEST_KEYS}
 
 
-@mlflow_runs.server_errors()
+@mlflow_store.server_errors()
 def register_model(
     dataset: str,
     split_dir: Path,
@@ -111,12 +111,12 @@ def register_model(
     trained = read_json(model_dir / RUN_FILE)
     run_id = trained["run_id"]
     model_uri = trained.get("model_uri") or f"runs:/{run_id}/model"
-    uri = mlflow_runs.use_store()
+    uri = mlflow_store.use_store()
     client = MlflowClient()
     run = mlflow_runs.training_run_of(run_id, dataset)
     params = run.data.params
     images = test_images(dataset, params, split_dir)
-    model_id = mlflow_runs.model_id_of(model_uri)
+    model_id = mlflow_models.model_id_of(model_uri)
     metrics = confirmed_metrics(dataset, run_id, model_id, images.digest, metrics_json)
     candidate = Candidate(
         dataset=dataset,
@@ -157,9 +157,9 @@ def register_model(
         if created and version is not None:  # no half-registered version: it goes, and the rerun registers it whole
             with contextlib.suppress(MlflowException):
                 client.delete_model_version(candidate.name, version.version)
-        if mlflow_runs.is_server(uri) and mlflow_runs.status_of(err) in (401, 403):
+        if mlflow_store.is_server(uri) and mlflow_store.status_of(err) in (401, 403):
             needs = f"EDIT permission on registered model {candidate.name!r}"
-            raise RegistryError(mlflow_runs.server_problem(err, uri, needs)) from None
+            raise RegistryError(mlflow_store.server_problem(err, uri, needs)) from None
         raise RegistryError(f"the model registry at {uri} refused: {first_line(err)}; run `dvc repro` again") from None
 
 
@@ -268,9 +268,9 @@ def _standing(client: MlflowClient, candidate: Candidate, version: ModelVersion,
     its numbers cannot be confirmed, so it cannot hold `champion`.
     """
     name, number = candidate.name, str(version.version)
-    model_id = version.model_id or mlflow_runs.model_id_of(version.source)
+    model_id = version.model_id or mlflow_models.model_id_of(version.source)
     if model_id:
-        held = mlflow_runs.model_scores(model_id, candidate.images.digest)
+        held = mlflow_models.model_scores(model_id, candidate.images.digest)
         if "test_accuracy" in held:
             return Standing(number, held["test_accuracy"])
     try:
@@ -279,7 +279,7 @@ def _standing(client: MlflowClient, candidate: Candidate, version: ModelVersion,
         print(f"{candidate.dataset}: v{number} is left out of the comparison: {redact(str(err))}")
         return None
     with mlflow.start_run(
-        experiment_id=mlflow_runs.configure(),
+        experiment_id=mlflow_store.configure(),
         run_name=f"{name}-v{number}-on-{candidate.images.digest[:8]}",
         tags={
             "dataset": candidate.dataset,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import re
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,92 +13,24 @@ import mlflow
 import numpy as np
 import tensorflow as tf
 
-from cifar_pipeline.core.errors import PipelineError
 from cifar_pipeline.core.files import atomic_dir, write_csv, write_json
-from cifar_pipeline.core.interrupts import interrupted
 from cifar_pipeline.core.layout import CLASSES_FILE, MODEL_FILE, RUN_FILE, Split, load_split
-from cifar_pipeline.core.metric_names import ACCURACY_KEYS, EPOCH_TIME, LEARNING_RATE, LOSS_KEYS, THROUGHPUT
+from cifar_pipeline.core.metric_names import ACCURACY_KEYS, LOSS_KEYS
 from cifar_pipeline.core.params import Params, TrainParams
 from cifar_pipeline.core.run_identity import recorded_params
 from cifar_pipeline.data.channel_stats import ChannelStats
-from cifar_pipeline.tracking import mlflow_runs
+from cifar_pipeline.tracking import mlflow_datasets, mlflow_runs, mlflow_store
 from cifar_pipeline.tracking.figures import training_curves
 from cifar_pipeline.tracking.logged_model import log_model
+from cifar_pipeline.training.callbacks import EpochLogger, StopWhenInterrupted, diverged
 from cifar_pipeline.training.checkpoint import CheckpointError, Checkpoints, TrainingState, fingerprint
 from cifar_pipeline.training.distribution import Distribution, DistributionError, agree, peers_reported, resolve
+from cifar_pipeline.training.final_model import export_model
 from cifar_pipeline.training.hardware import has_gpu, precision_policy
 from cifar_pipeline.training.input_pipeline import evaluation_dataset, steps_per_epoch, training_dataset
 from cifar_pipeline.training.lookahead import Lookahead
-from cifar_pipeline.training.model import build_classifier, dirac_initialise, exportable, set_whitening
-from cifar_pipeline.training.recipe import compile_classifier, last_step_rate
-from cifar_pipeline.training.views import with_test_views
-
-
-class TrainingDiverged(PipelineError):
-    """The loss became NaN or infinite: more epochs cannot help."""
-
-
-# Keras's TerminateOnNaN(raise_error=True) says "NaN or Inf loss encountered at batch 3. Loss value: nan. ..."
-_NON_FINITE = re.compile(r"NaN or Inf loss encountered at batch (\d+)\. Loss value: (\S+?)\.? ")
-
-
-def diverged(err: RuntimeError) -> TrainingDiverged | None:
-    """TerminateOnNaN's error as one line with what to do, or None for any other RuntimeError."""
-    found = _NON_FINITE.search(str(err))
-    if not found:
-        return None
-    return TrainingDiverged(
-        f"training diverged: loss is {found.group(2)} at batch {int(found.group(1)) + 1}; "
-        f"lower train.learning_rate or check the input data"
-    )
-
-
-class StopWhenInterrupted(keras.callbacks.Callback):
-    """Raise KeyboardInterrupt after any batch once Ctrl-C or SIGTERM arrived, in case the
-    handler's own KeyboardInterrupt was swallowed where it landed."""
-
-    def on_train_batch_end(self, batch: int, logs=None) -> None:
-        if interrupted():
-            raise KeyboardInterrupt
-
-    on_test_batch_end = on_train_batch_end
-
-
-class EpochLogger(keras.callbacks.Callback):
-    """Per finished epoch: commit a checkpoint, then one `log_metrics` call to MLflow.
-
-    Logs the Keras metrics plus rate, wall time and throughput; steps are 1-based epoch
-    numbers, as Keras prints them ("Epoch 1/200"). Committing before logging means a
-    kill can only leave an epoch unlogged, which the resumed run logs from the
-    checkpoint: no step is ever logged twice.
-    """
-
-    def __init__(self, images_per_epoch: int, checkpoints: Checkpoints | None, state: TrainingState) -> None:
-        super().__init__()
-        self.images_per_epoch = images_per_epoch
-        self.checkpoints = checkpoints
-        self.state = state
-        self._started = 0.0
-
-    def on_epoch_begin(self, epoch: int, logs=None) -> None:
-        self._started = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        seconds = time.perf_counter() - self._started
-        metrics = {key: float(value) for key, value in (logs or {}).items()}
-        metrics[LEARNING_RATE] = last_step_rate(self.model.optimizer)
-        metrics[EPOCH_TIME] = seconds
-        metrics[THROUGHPUT] = self.images_per_epoch / seconds
-        self.state.rows.append({"epoch": epoch + 1, **metrics})
-        self.state.epochs_done = epoch + 1
-        if self.checkpoints is not None:  # None: a run that cannot resume (multi-worker)
-            self.checkpoints.commit(self.model, self.state)
-        mlflow.log_metrics(metrics, step=epoch + 1)
-
-
-# Batches whose statistics replace BatchNormalization's after weight averaging: 12,800 images
-# at the default batch size, enough for a mean and variance per channel.
-REFRESH_BATCHES = 100
+from cifar_pipeline.training.model import build_classifier, dirac_initialise, set_whitening
+from cifar_pipeline.training.recipe import compile_classifier
 
 
 def new_classifier(
@@ -117,42 +47,6 @@ def new_classifier(
     replicas = tf.distribute.get_strategy().num_replicas_in_sync  # made in the strategy's scope
     compile_classifier(classifier, settings, steps_per_epoch(len(train_images), settings.batch_size, replicas))
     return classifier
-
-
-def refresh_batchnorm_statistics(model: keras.Model, batches: tf.data.Dataset, count: int) -> None:
-    """Recompute BatchNormalization's running statistics as the plain mean over `count` batches.
-
-    Weight averaging (`use_ema`) averages only trainable weights: the running statistics
-    left in BatchNormalization were measured with the last weights, not the averaged ones.
-    One forward pass in training mode per batch, each layer's momentum set so that the
-    running value becomes the mean of the batches seen so far.
-    """
-    norms = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
-    momenta = [layer.momentum for layer in norms]
-    try:
-        for seen, (images, _labels) in enumerate(batches.take(count)):
-            for layer in norms:
-                layer.momentum = seen / (seen + 1)
-            model(images, training=True)
-    finally:
-        for layer, momentum in zip(norms, momenta, strict=True):
-            layer.momentum = momentum
-
-
-def export_model(
-    classifier: keras.Model, settings: TrainParams, train: tuple[np.ndarray, np.ndarray], stats: ChannelStats
-) -> keras.Model:
-    """What is saved, logged, evaluated and served: the trained classifier without its compile
-    state, BatchNormalization statistics remeasured if its weights were averaged, wrapped in
-    the params' test-time views."""
-    model = exportable(classifier)
-    if settings.ema_momentum:
-        images, labels = train
-        batches = training_dataset(images, labels, settings.batch_size, settings.augment, settings.seed, stats.mean)
-        refresh_batchnorm_statistics(
-            model, batches, min(REFRESH_BATCHES, steps_per_epoch(len(images), settings.batch_size))
-        )
-    return with_test_views(model, settings.model.test_views)
 
 
 def fit_classifier(
@@ -331,7 +225,7 @@ def tracked_run(setup: TrainingSetup) -> Iterator[tuple[str, TrainingState]]:
             state = setup.checkpoints.start(run_id) if setup.resumable else TrainingState(run_id=run_id)
             data = setup.params.data[dataset]
             for name, part in (("train", setup.split.train), ("val", setup.split.val)):
-                mlflow_runs.log_images_input(dataset, name, data.url, data.md5, data.label_mode, part.indices)
+                mlflow_datasets.log_images_input(dataset, name, data.url, data.md5, data.label_mode, part.indices)
             if saved:  # the store lost the old run: log what the checkpoint remembers
                 state.rows, state.epochs_done, state.model_file = saved.rows, saved.epochs_done, saved.model_file
                 mlflow_runs.log_missing_epochs(run_id, state.rows)
@@ -352,7 +246,7 @@ def write_outputs(
         write_csv(path, list(columns), ([row[key] for key in columns] for row in rows))
 
 
-@mlflow_runs.server_errors()
+@mlflow_store.server_errors()
 def train(
     dataset: str, params: Params, split_dir: Path, stats_json: Path, model_dir: Path, loss_csv: Path, accuracy_csv: Path
 ) -> str:
