@@ -16,6 +16,7 @@ BELOW = {
     "training": {"core", "data", "tracking"},
     "inference": {"core", "tracking"},
     "registry": {"core", "tracking", "inference"},
+    "export": {"core", "tracking", "inference"},
 }
 
 
