@@ -162,31 +162,36 @@ def _download(url: str, part: Path, timeout: float) -> None:
         ) from None
 
     with response:
-        resuming = offset and response.status == 206 and _range_start(response) == offset
-        if not resuming:
-            offset = 0
-        length = response.headers.get("Content-Length")
-        total = offset + int(length) if length and length.isdigit() else None
-        try:
-            with (
-                open(part, "ab" if resuming else "wb") as out,
-                tqdm(
-                    total=total,
-                    initial=offset,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    desc=f"download {Path(urlparse(url).path).name}",
-                    disable=None,
-                ) as bar,
-            ):
-                while chunk := response.read1(CHUNK):  # read1: keep bytes already received if the link stalls
-                    out.write(chunk)
-                    bar.update(len(chunk))
-        except (TimeoutError, OSError) as err:
-            raise DownloadError(
-                f"download of {url} stopped after {part.stat().st_size} bytes: {err}; run again to resume from there"
-            ) from None
+        _save(url, response, part, offset)
+
+
+def _save(url: str, response, part: Path, offset: int) -> None:
+    """Append to `part` if the server resumed at `offset` (206 from there), else write it anew."""
+    resuming = offset and response.status == 206 and _range_start(response) == offset
+    if not resuming:
+        offset = 0
+    length = response.headers.get("Content-Length")
+    total = offset + int(length) if length and length.isdigit() else None
+    try:
+        with (
+            open(part, "ab" if resuming else "wb") as out,
+            tqdm(
+                total=total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=f"download {Path(urlparse(url).path).name}",
+                disable=None,
+            ) as bar,
+        ):
+            while chunk := response.read1(CHUNK):  # read1: keep bytes already received if the link stalls
+                out.write(chunk)
+                bar.update(len(chunk))
+    except (TimeoutError, OSError) as err:
+        raise DownloadError(
+            f"download of {url} stopped after {part.stat().st_size} bytes: {err}; run again to resume from there"
+        ) from None
     if total is not None and part.stat().st_size != total:
         raise DownloadError(
             f"download of {url} ended early ({part.stat().st_size} of {total} bytes); run again to resume"

@@ -113,12 +113,9 @@ def evaluate_model(
     model_id = mlflow_models.model_id_of(trained_with.get("model_uri"))
     with mlflow_runs.reopen_run(run_id):
         run = mlflow.get_run(run_id)
-        trained = run.data.params  # the archive the model was trained from
-        data = None
-        if "data.md5" in trained:  # runs logged before dataset-neutral keys have no record of it
-            data = test_images(dataset, trained, split_dir)
-            mlflow.log_input(data, context="test")
-        held = mlflow_models.model_scores(model_id, data.digest) if model_id and data else run.data.metrics
+        data = test_images(dataset, run.data.params, split_dir)  # params: the archive it was trained from
+        mlflow.log_input(data, context="test")
+        held = mlflow_models.model_scores(model_id, data.digest) if model_id else run.data.metrics
         # Once: a rerun after a kill must not append the same values to the metric history again.
         new = {k: v for k, v in result.metrics().items() if held.get(k) != v}
         if new:
@@ -130,6 +127,19 @@ def evaluate_model(
     # Outputs only once the run has ended: a store that fails before then leaves none.
     with atomic_file(metrics_json) as tmp:
         write_json(tmp, result.metrics())
+    _write_plots(result, names, per_class, confusion_csv, per_class_csv)
+    print(f"{dataset}: " + ", ".join(f"{key} {value:.4f}" for key, value in result.metrics().items()))
+    if missing:
+        print(
+            f"{dataset}: {len(missing)} of {len(names)} classes have no test images, so no accuracy "
+            f"(raise split.max_test_images): {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}"
+        )
+
+
+def _write_plots(
+    result: Evaluation, names: list[str], per_class: dict, confusion_csv: Path, per_class_csv: Path
+) -> None:
+    """DVC's confusion-matrix and per-class plot data."""
     write_csv(
         confusion_csv,
         ["actual", "predicted"],
@@ -140,9 +150,3 @@ def evaluate_model(
         ["class", "accuracy", "test_images"],  # accuracy empty: no test images
         ((name, "" if v["accuracy"] is None else v["accuracy"], v["test_images"]) for name, v in per_class.items()),
     )
-    print(f"{dataset}: " + ", ".join(f"{key} {value:.4f}" for key, value in result.metrics().items()))
-    if missing:
-        print(
-            f"{dataset}: {len(missing)} of {len(names)} classes have no test images, so no accuracy "
-            f"(raise split.max_test_images): {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}"
-        )

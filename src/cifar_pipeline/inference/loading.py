@@ -146,7 +146,10 @@ def _load_mlflow(uri: str) -> LoadedModel:
         raise ModelLoadError(_why_not_loaded(uri, err)) from None
     names = (model.metadata.metadata or {}).get("class_names")
     if not names:
-        raise ModelLoadError(f"{uri} carries no class names in its metadata (logged by an older version); retrain it")
+        raise ModelLoadError(
+            f"{uri} carries no class names in its metadata (not a model this pipeline logged); "
+            f"use one it logged, or its model folder"
+        )
 
     def predict(images: np.ndarray) -> np.ndarray:
         # In parts: the logged model refuses more than CIFAR_SERVE_MAX_IMAGES (1,024) per call.

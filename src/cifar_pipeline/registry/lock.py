@@ -61,6 +61,26 @@ def _stale(lock: RegisteredModel) -> str | None:
     return None
 
 
+def _take(client: MlflowClient, lock: str, name: str) -> bool:
+    """Create the lock; False if someone else holds it."""
+    try:
+        client.create_registered_model(
+            lock,
+            tags=_me(),
+            description=(
+                f"Held by the register stage while it moves {name}'s aliases; deleted when it ends. "
+                f"If no register stage is running, delete it."
+            ),
+        )
+        return True
+    except MlflowException as err:
+        # DOES_NOT_EXIST: MLflow's SQL store re-reads the lock after its insert failed, and the
+        # holder let go in between; either way someone else held it a moment ago.
+        if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
+            raise
+        return False
+
+
 @contextmanager
 def registration_lock(
     client: MlflowClient, name: str, say: Callable[[str], None] = print
@@ -70,21 +90,8 @@ def registration_lock(
     deadline = time.monotonic() + WAIT_S
     waiting_said = False
     while True:
-        try:
-            client.create_registered_model(
-                lock,
-                tags=_me(),
-                description=(
-                    f"Held by the register stage while it moves {name}'s aliases; deleted when it ends. "
-                    f"If no register stage is running, delete it."
-                ),
-            )
+        if _take(client, lock, name):
             break
-        except MlflowException as err:
-            # DOES_NOT_EXIST: MLflow's SQL store re-reads the lock after its insert failed, and the
-            # holder let go in between; either way someone else held it a moment ago.
-            if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
-                raise
         try:
             held = client.get_registered_model(lock)
         except MlflowException:

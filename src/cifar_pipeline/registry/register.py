@@ -140,27 +140,35 @@ def register_model(
             newest = max(int(v.version) for v in _versions(client, candidate.name))
             if _alias(client, candidate.name, NEWEST) != str(newest):
                 client.set_registered_model_alias(candidate.name, NEWEST, str(newest))
-            record = {
-                "registered_model": candidate.name,
-                "version": int(version.version),
-                "run_id": run_id,
-                "model_id": model_id,
-                TEST_SET_TAG: images.digest,
-                "test_images": candidate.count,
-                "test_accuracy": metrics["test_accuracy"],
-                "champion": holder == str(version.version),
-                "champion_version": int(holder),
-            }
+            record = _record(candidate, version, holder)
             with atomic_file(out_json) as tmp:  # inside the lock: it agrees with the alias it just set
                 write_json(tmp, record)
     except MlflowException as err:
         if created and version is not None:  # no half-registered version: it goes, and the rerun registers it whole
             with contextlib.suppress(MlflowException):
                 client.delete_model_version(candidate.name, version.version)
-        if mlflow_store.is_server(uri) and mlflow_store.status_of(err) in (401, 403):
-            needs = f"EDIT permission on registered model {candidate.name!r}"
-            raise RegistryError(mlflow_store.server_problem(err, uri, needs)) from None
-        raise RegistryError(f"the model registry at {uri} refused: {first_line(err)}; run `dvc repro` again") from None
+        raise _refused(err, uri, candidate.name) from None
+
+
+def _refused(err: MlflowException, uri: str, name: str) -> RegistryError:
+    if mlflow_store.is_server(uri) and mlflow_store.status_of(err) in (401, 403):
+        return RegistryError(mlflow_store.server_problem(err, uri, f"EDIT permission on registered model {name!r}"))
+    return RegistryError(f"the model registry at {uri} refused: {first_line(err)}; run `dvc repro` again")
+
+
+def _record(candidate: Candidate, version: ModelVersion, holder: str) -> dict:
+    """registry/<d>.json: what the stage registered and which version holds champion."""
+    return {
+        "registered_model": candidate.name,
+        "version": int(version.version),
+        "run_id": candidate.run_id,
+        "model_id": candidate.model_id,
+        TEST_SET_TAG: candidate.images.digest,
+        "test_images": candidate.count,
+        "test_accuracy": candidate.metrics["test_accuracy"],
+        "champion": holder == str(version.version),
+        "champion_version": int(holder),
+    }
 
 
 def _tag_exports(client: MlflowClient, version: ModelVersion, table: dict[str, dict[str, float]]) -> None:
@@ -200,8 +208,6 @@ def _ensure_version(client: MlflowClient, candidate: Candidate, run, previous: d
     if found:
         version = found[0]
         print(f"{say}{name} v{version.version} is this model's version (models:/{name}/{version.version}), as before")
-        if version.tags.get("run_id") != candidate.run_id:  # registered by an older version of this stage
-            client.set_model_version_tag(name, version.version, "run_id", candidate.run_id)
         return version, False
     tags = {
         **{key: str(value) for key, value in candidate.metrics.items()},
@@ -211,7 +217,7 @@ def _ensure_version(client: MlflowClient, candidate: Candidate, run, previous: d
         "git_commit": run.data.tags.get("git_commit", ""),
         "recipe": run.data.tags.get("recipe", ""),
         **{
-            f"param.{key}": redact(value)  # runs logged before params were redacted may hold a login
+            f"param.{key}": redact(value)  # no URL login reaches a tag, even one logged by hand
             for key, value in run.data.params.items()
             if is_recorded(key)
         },
