@@ -26,11 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from cifar_pipeline.core.datasets import CIFAR10, DatasetSpec  # noqa: E402
-from cifar_pipeline.core.files import save_arrays, write_json  # noqa: E402
+from cifar_pipeline.core.layout import Classes, Part, Split, write_split  # noqa: E402
+from cifar_pipeline.core.params import load_params  # noqa: E402
 from cifar_pipeline.data.archive import read_archive  # noqa: E402
 from cifar_pipeline.data.channel_stats import normalize_dataset  # noqa: E402
 from cifar_pipeline.data.split import train_val_split  # noqa: E402
@@ -40,8 +43,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from recipes import SEED_NETWORK_TUNED  # noqa: E402
 
 SAMPLE = ROOT.parent / "shared" / "data" / "cifar-10-sample-binary.tar.gz"
-SPLIT_SEED = 42  # params.yaml's split.seed: every contender sees the same images
-VAL_FRACTION = 0.1
 
 STEP_SCHEDULE = ["train.lr_schedule.kind=step", "train.lr_schedule.warmup_fraction=0"]
 
@@ -115,20 +116,19 @@ def prepare(
     out.mkdir(parents=True)
     raw = read_archive(archive, spec)
     labels = raw.train_labels[label_mode]
-    train_idx, val_idx = train_val_split(labels, VAL_FRACTION, SPLIT_SEED, max_train)
-    test_idx = slice(None) if max_test is None else slice(0, max_test)
-    save_arrays(
-        out,
-        train_images=raw.train_images[train_idx],
-        train_labels=labels[train_idx],
-        val_images=raw.train_images[val_idx],
-        val_labels=labels[val_idx],
-        test_images=raw.test_images[test_idx],
-        test_labels=raw.test_labels[label_mode][test_idx],
-    )
-    write_json(out / "classes.json", {"label_mode": label_mode, "names": raw.class_names[label_mode]})
+    split = load_params(ROOT / "params.yaml").split  # the pipeline's split: every contender sees its images
+    train_idx, val_idx = train_val_split(labels, split.val_fraction, split.seed, max_train)
+    test_labels = raw.test_labels[label_mode]
+    test_idx = np.arange(len(test_labels) if max_test is None else min(max_test, len(test_labels)))
+
+    def part(images: np.ndarray, part_labels: np.ndarray, indices: np.ndarray) -> Part:
+        return Part(images[indices], part_labels[indices], indices)
+
+    parts = (part(raw.train_images, labels, train_idx), part(raw.train_images, labels, val_idx))
+    classes = Classes(raw.class_names[label_mode], label_mode)
+    write_split(out, Split(*parts, part(raw.test_images, test_labels, test_idx), classes))
     normalize_dataset(out, out / "stats.json")
-    return {"train": len(train_idx), "val": len(val_idx), "test": len(raw.test_labels[label_mode][test_idx])}
+    return {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)}
 
 
 def run_one(name: str, config: dict, log) -> dict:

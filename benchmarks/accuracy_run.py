@@ -26,7 +26,7 @@ import keras
 import numpy as np
 
 # isort: on
-from cifar_pipeline.core.files import load_array, read_json
+from cifar_pipeline.core.layout import load_classes, load_part
 from cifar_pipeline.core.params import flatten
 from cifar_pipeline.data.channel_stats import ChannelStats
 from cifar_pipeline.inference.evaluation import evaluate_probabilities
@@ -76,10 +76,10 @@ def run_pipeline(config: dict, split: Path, clock: EpochClock) -> tuple[dict, np
     keras.utils.set_random_seed(settings.seed)
     policy = precision_policy(settings.mixed_precision)
     keras.mixed_precision.set_global_policy(policy)
-    classes = read_json(split / "classes.json")["names"]
+    classes = load_classes(split).names
     stats = ChannelStats.read(split / "stats.json")
-    train = (load_array(split, "train_images"), load_array(split, "train_labels"))
-    validation = (load_array(split, "val_images", mmap=False), load_array(split, "val_labels", mmap=False))
+    train = load_part(split, "train").examples
+    validation = load_part(split, "val", mmap=False).examples
     classifier = new_classifier(settings, len(classes), stats, train[0])
     history = fit_classifier(classifier, settings, train, validation, stats, callbacks=[clock])
     # The exported model on validation, with each choice of test-time views and, after
@@ -97,15 +97,16 @@ def run_pipeline(config: dict, split: Path, clock: EpochClock) -> tuple[dict, np
         exported["val_accuracy_stale_batchnorm"] = accuracy(exportable(classifier), *validation)
     if config.get("validation_only"):
         return history.history, None, policy, exported
-    probabilities = model.predict(load_array(split, "test_images", mmap=False), batch_size=500, verbose=0)
+    probabilities = model.predict(load_part(split, "test", mmap=False).images, batch_size=500, verbose=0)
     return history.history, probabilities, policy, exported
 
 
 def run_seed_port(config: dict, split: Path, clock: EpochClock) -> tuple[dict, np.ndarray, str, dict]:
-    classes = read_json(split / "classes.json")["names"]
+    classes = load_classes(split).names
     model, history, probabilities = train_seed_port(
-        *(load_array(split, name, mmap=False) for name in ("train_images", "train_labels", "val_images", "val_labels")),
-        load_array(split, "test_images", mmap=False),
+        *load_part(split, "train", mmap=False).examples,
+        *load_part(split, "val", mmap=False).examples,
+        load_part(split, "test", mmap=False).images,
         epochs=config["epochs"],
         seed=config["seed"],
         num_classes=len(classes),
@@ -128,7 +129,7 @@ def main() -> None:
     test = (
         {}
         if probabilities is None
-        else evaluate_probabilities(probabilities, load_array(split, "test_labels", mmap=False)).metrics()
+        else evaluate_probabilities(probabilities, load_part(split, "test", mmap=False).labels).metrics()
     )
     history = {key: [float(v) for v in values] for key, values in history.items()}
     result = {
@@ -141,7 +142,7 @@ def main() -> None:
         "history": history,
         "epoch_seconds": clock.seconds,
         "epoch_cpu_seconds": clock.cpu_seconds,
-        "train_images": len(load_array(split, "train_labels")),
+        "train_images": len(load_part(split, "train").labels),
         "wall_s": wall,
     }
     print("RESULT " + json.dumps(result))

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from cifar_pipeline.core.layout import load_images
 from cifar_pipeline.training import distribution, keras_workaround
 from project import create, edit_params, environment, run, start_training
 
@@ -62,7 +63,7 @@ def test_mirrored_over_devices_that_do_not_divide_the_batch_trains_one_run_and_a
     for key in PER_EPOCH:
         assert [m.step for m in client.get_metric_history(r.info.run_id, key)] == [1, 2, 3], key
     model = keras.models.load_model(project / "models/cifar10/model.keras")  # here: no strategy, one device
-    images = np.load(project / "data/split/cifar10/val_images.npy")[:8]
+    images = load_images(project / "data/split/cifar10", "val")[:8]
     probabilities = model.predict(images, verbose=0)
     assert probabilities.shape == (8, 10) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-3)
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")

@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from cifar_pipeline.core import interrupts, stage_runner
 from cifar_pipeline.core.errors import PipelineError
 from cifar_pipeline.core.files import save_arrays, write_json
-from cifar_pipeline.core.layout import MODEL_FILE
+from cifar_pipeline.core.layout import MODEL_FILE, load_images
 from cifar_pipeline.core.params import ModelParams
 from cifar_pipeline.data.channel_stats import ChannelStats
 from cifar_pipeline.tracking import orphans
@@ -436,7 +436,7 @@ def test_the_fast_network_trains_and_exports_its_views_and_whitening(setup):
     model = keras.models.load_model(tmp / "models" / MODEL_FILE)
     classifier = model.get_layer("cifar_model")
     assert [layer.name for layer in model.layers][-1] == "mean_over_views"
-    images = np.load(split / "train_images.npy")
+    images = np.asarray(load_images(split, "train"))
     expected = patch_whitening(images, ChannelStats.read(stats))
     np.testing.assert_array_equal(classifier.get_layer("whiten").get_weights()[0], expected)
     sample = images[:4]
