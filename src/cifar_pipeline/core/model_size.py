@@ -3,13 +3,21 @@ before TensorFlow is imported, and a model too big to train is refused there."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from cifar_pipeline.core.params import ModelParams
+from typing import Protocol
 
 
-def model_weights(model: ModelParams, num_classes: int) -> int:
+class NetworkShape(Protocol):
+    """What the count reads of `params.ModelParams` (a protocol, so this module imports nothing of params)."""
+
+    kind: str
+    filters: tuple[int, ...]
+    dense_units: int
+    widths: tuple[int, ...]
+    bn_scale: bool
+    whiten_bias_epochs: int
+
+
+def model_weights(model: NetworkShape, num_classes: int) -> int:
     """Weights (trainable and BatchNormalization's) of `model.build_classifier`, without building it."""
     if model.kind == "airbench":
         return airbench_weights(model, num_classes)
@@ -24,7 +32,7 @@ def model_weights(model: ModelParams, num_classes: int) -> int:
 WHITENING_FILTERS = 24  # a 2x2x3 patch has 12 dimensions; each eigenvector and its negative
 
 
-def airbench_weights(model: ModelParams, num_classes: int) -> int:
+def airbench_weights(model: NetworkShape, num_classes: int) -> int:
     """The patch-whitening convolution (with a bias when it trains one), three groups of two bias-free convs with their
     BatchNormalization (4 weights a channel with a learned scale, 3 without), a bias-free head."""
     per_bn = 4 if model.bn_scale else 3
