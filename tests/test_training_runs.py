@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+from pathlib import Path
 
 import keras
 import mlflow
@@ -24,17 +25,18 @@ from mlflow.tracking import MlflowClient
 
 from cifar_pipeline.core import interrupts, stage_runner
 from cifar_pipeline.core.errors import PipelineError
-from cifar_pipeline.core.files import save_arrays, write_json
-from cifar_pipeline.core.layout import MODEL_FILE, load_images
-from cifar_pipeline.core.params import ModelParams
+from cifar_pipeline.core.files import write_json
+from cifar_pipeline.core.layout import MODEL_FILE, Classes, Part, Split, load_images, write_split
+from cifar_pipeline.core.params import ModelParams, Params
 from cifar_pipeline.data.channel_stats import ChannelStats
 from cifar_pipeline.tracking import orphans
 from cifar_pipeline.training import final_model, trainer
+from cifar_pipeline.training.callbacks import TrainingDiverged
 from cifar_pipeline.training.checkpoint import CHECKPOINT_ROOT
 from cifar_pipeline.training.input_pipeline import steps_per_epoch
 from cifar_pipeline.training.model import patch_whitening
 from cifar_pipeline.training.recipe import learning_rate_schedule
-from cifar_pipeline.training.trainer import TrainingDiverged, train
+from cifar_pipeline.training.trainer import train
 from project import seed_params
 
 EPOCHS = 4
@@ -48,8 +50,19 @@ def float32_afterwards():
     keras.mixed_precision.set_global_policy("float32")
 
 
+@dataclasses.dataclass(frozen=True)
+class Workspace:
+    """What a train stage run needs: tiny params, a split folder, channel statistics, and the
+    folder (the current one, holding mlflow.db) its outputs go to."""
+
+    params: Params
+    split: Path
+    stats: Path
+    root: Path
+
+
 @pytest.fixture
-def setup(tmp_path, monkeypatch):
+def setup(tmp_path, monkeypatch) -> Workspace:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     rng = np.random.default_rng(0)
@@ -57,31 +70,21 @@ def setup(tmp_path, monkeypatch):
     split.mkdir()
     labels = np.arange(80, dtype=np.int32) % 10
     images = rng.integers(0, 256, (80, 32, 32, 3), dtype=np.uint8)
-    save_arrays(
-        split,
-        train_images=images[:64],
-        train_labels=labels[:64],
-        val_images=images[64:],
-        val_labels=labels[64:],
-        train_indices=np.arange(64),
-        val_indices=np.arange(64, 80),
-        test_images=images[:20],
-        test_labels=labels[:20],
-        test_indices=np.arange(20),
-    )
-    write_json(split / "classes.json", {"label_mode": "label", "names": [str(i) for i in range(10)]})
+    parts = [Part(images[a:b], labels[a:b], np.arange(a, b)) for a, b in ((0, 64), (64, 80))]
+    test = Part(images[:20], labels[:20], np.arange(20))
+    write_split(split, Split(*parts, test, Classes([str(i) for i in range(10)], "label")))
     write_json(stats, {"mean": [120.0] * 3, "std": [60.0] * 3})
     params = seed_params()
     tiny = ModelParams(filters=(4,), dropouts=(0.1,), dense_units=8, activation="relu")
     params = dataclasses.replace(
         params, train=dataclasses.replace(params.train, epochs=EPOCHS, batch_size=16, model=tiny)
     )
-    return params, split, stats, tmp_path
+    return Workspace(params, split, stats, tmp_path)
 
 
-def run_train(setup):
-    params, split, stats, tmp = setup
-    return train("cifar10", params, split, stats, tmp / "models", tmp / "loss.csv", tmp / "accuracy.csv")
+def run_train(setup: Workspace):
+    models, loss, accuracy = setup.root / "models", setup.root / "loss.csv", setup.root / "accuracy.csv"
+    return train("cifar10", setup.params, setup.split, setup.stats, models, loss, accuracy)
 
 
 def only_run(tmp):
@@ -97,14 +100,14 @@ def steps(client, run_id, key="loss"):
 
 def test_a_finished_run_leaves_no_checkpoint(setup):
     run_id = run_train(setup)
-    client, run = only_run(setup[3])
+    client, run = only_run(setup.root)
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
     assert steps(client, run_id) == [1, 2, 3, 4]
     assert not any(CHECKPOINT_ROOT.glob("*/state.json"))
 
 
 def test_non_finite_loss_fails_the_run_with_the_reason_and_writes_nothing(setup, monkeypatch):
-    tmp = setup[3]
+    tmp = setup.root
     real_build = trainer.build_classifier
 
     def diverging(model_params, num_classes, stats):  # the classifier, with outputs that have blown up
@@ -124,7 +127,7 @@ def test_non_finite_loss_fails_the_run_with_the_reason_and_writes_nothing(setup,
 
 def test_a_full_artifact_store_is_named_the_run_failed_and_the_rerun_finishes(setup, full_disk):
     """MLflow's local store copies artifacts from a temporary file: the error named that file."""
-    tmp = setup[3]
+    tmp = setup.root
     (tmp / "mlruns").symlink_to(full_disk, target_is_directory=True)  # MLflow's default artifact root here
     with pytest.raises(OSError) as caught:
         run_train(setup)
@@ -143,7 +146,7 @@ def test_a_full_artifact_store_is_named_the_run_failed_and_the_rerun_finishes(se
 def test_a_full_disk_in_each_place_training_writes_is_named_and_the_rerun_finishes(
     setup, full_disk, monkeypatch, place
 ):
-    params, split, stats, tmp = setup
+    params, split, stats, tmp = setup.params, setup.split, setup.stats, setup.root
     models = full_disk / "models" if place == "models" else tmp / "models"
     if place == "checkpoints":
         (tmp / "data").symlink_to(full_disk, target_is_directory=True)  # data/.checkpoints/ is there
@@ -184,14 +187,14 @@ def test_a_store_on_a_full_disk_is_named_as_such(setup, full_disk, monkeypatch):
         run_train(setup)
     assert str(caught.value).startswith(f"the MLflow store sqlite:///{store} (from MLFLOW_TRACKING_URI) cannot be ")
     assert "the disk that holds it is full: free space there" in str(caught.value)
-    assert not (setup[3] / "models").exists()
+    assert not (setup.root / "models").exists()
 
 
 @pytest.fixture
 def deterministic(setup):
     """`train.deterministic: true`; op determinism is process-wide, so it is switched off after."""
-    params, split, stats, tmp = setup
-    yield dataclasses.replace(params, train=dataclasses.replace(params.train, deterministic=True)), split, stats, tmp
+    train = dataclasses.replace(setup.params.train, deterministic=True)
+    yield dataclasses.replace(setup, params=dataclasses.replace(setup.params, train=train))
     from tensorflow.python.framework import config
 
     config.disable_op_determinism()
@@ -207,17 +210,17 @@ def test_deterministic_training_gives_the_same_weights_twice_and_says_so(determi
     weights = []
     for _ in range(2):
         run_id = run_train(deterministic)
-        weights.append(keras.models.load_model(deterministic[3] / "models" / MODEL_FILE).get_weights())
+        weights.append(keras.models.load_model(deterministic.root / "models" / MODEL_FILE).get_weights())
     assert all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))
     assert _op_determinism_enabled()
-    logged = MlflowClient(f"sqlite:///{deterministic[3] / 'mlflow.db'}").get_run(run_id).data.params
+    logged = MlflowClient(f"sqlite:///{deterministic.root / 'mlflow.db'}").get_run(run_id).data.params
     assert logged["train.deterministic"] == "True" and logged["resolved.dtype_policy"] == "float32"
 
 
 def test_a_training_start_ends_runs_whose_process_is_gone_and_leaves_live_ones(setup):
     """A killed `dvc queue` worker's run has no checkpoint to resume (DVC deletes its copy):
     without this it stayed RUNNING for ever."""
-    tmp = setup[3]
+    tmp = setup.root
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
     experiment = client.create_experiment("cifar", artifact_location=(tmp / "mlruns").as_uri())
     dead = subprocess.Popen(["sleep", "30"])
@@ -234,7 +237,7 @@ def test_a_training_start_ends_runs_whose_process_is_gone_and_leaves_live_ones(s
 
 
 def test_ctrl_c_marks_the_run_killed_and_the_next_run_continues_it(setup, monkeypatch):
-    tmp = setup[3]
+    tmp = setup.root
     original = trainer.EpochLogger.on_epoch_end
 
     def interrupt_at_epoch_3(self, epoch, logs=None):
@@ -259,7 +262,7 @@ def test_ctrl_c_marks_the_run_killed_and_the_next_run_continues_it(setup, monkey
         assert steps(client, run.info.run_id, key) == [1, 2, 3, 4], key
     # The schedule lives in the optimizer's saved step count: the resumed epochs continue the
     # warm-up + cosine where it stopped instead of warming up again.
-    params = setup[0]
+    params = setup.params
     per_epoch = steps_per_epoch(64, params.train.batch_size)
     schedule = learning_rate_schedule(params.train.learning_rate, params.train.lr_schedule, per_epoch, EPOCHS)
     expected = [float(keras.ops.convert_to_numpy(schedule(e * per_epoch - 1))) for e in range(1, EPOCHS + 1)]
@@ -277,7 +280,7 @@ def test_ctrl_c_marks_the_run_killed_and_the_next_run_continues_it(setup, monkey
 
 
 def test_a_kill_between_checkpoint_and_log_is_filled_in_on_resume(setup, monkeypatch):
-    tmp = setup[3]
+    tmp = setup.root
     real_log = mlflow.log_metrics
 
     def die_on_step_2(metrics, step=None, **kwargs):
@@ -295,7 +298,7 @@ def test_a_kill_between_checkpoint_and_log_is_filled_in_on_resume(setup, monkeyp
 
 
 def test_a_changed_param_starts_a_new_run_instead_of_resuming(setup, monkeypatch):
-    params, split, stats, tmp = setup
+    params, split, stats, tmp = setup.params, setup.split, setup.stats, setup.root
     original = trainer.EpochLogger.on_epoch_end
 
     def interrupt(self, epoch, logs=None):
@@ -319,7 +322,7 @@ def test_a_changed_param_starts_a_new_run_instead_of_resuming(setup, monkeypatch
 @pytest.mark.parametrize(("setting", "policy"), [(False, "float32"), (True, "mixed_bfloat16")])
 def test_both_cpu_precisions_train_and_export_a_float32_model(setup, setting, policy):
     """`auto` picks either one depending on the CPU, so both paths must work on any machine."""
-    params, split, stats, tmp = setup
+    params, split, stats, tmp = setup.params, setup.split, setup.stats, setup.root
     params = dataclasses.replace(params, train=dataclasses.replace(params.train, mixed_precision=setting))
     run_id = train("cifar10", params, split, stats, tmp / "models", tmp / "loss.csv", tmp / "accuracy.csv")
     client, run = only_run(tmp)
@@ -352,7 +355,7 @@ def all_runs(tmp):
 
 
 def test_an_unreadable_checkpoint_state_is_discarded_and_training_starts_over(setup, monkeypatch, capsys):
-    tmp = setup[3]
+    tmp = setup.root
     interrupt_after_epoch(setup, monkeypatch, 2)
     [state] = CHECKPOINT_ROOT.glob("cifar10-*/state.json")
     state.write_text("")  # a crash of an older version between truncate and write
@@ -366,7 +369,7 @@ def test_an_unreadable_checkpoint_state_is_discarded_and_training_starts_over(se
 
 
 def test_a_corrupt_checkpoint_model_ends_its_run_failed_and_a_new_run_trains(setup, monkeypatch, capsys):
-    tmp = setup[3]
+    tmp = setup.root
     interrupt_after_epoch(setup, monkeypatch, 2)
     [model_file] = CHECKPOINT_ROOT.glob("cifar10-*/epoch-0002.keras")
     model_file.write_bytes(b"not a zip file")
@@ -384,7 +387,7 @@ def test_evaluating_the_same_model_again_logs_its_test_metrics_once(setup):
     """A SIGKILL during evaluate reruns it on the next `dvc repro`: no duplicate history."""
     from cifar_pipeline.inference.evaluation import evaluate_model
 
-    _, split, _, tmp = setup
+    split, tmp = setup.split, setup.root
     run_id = run_train(setup)
     for _ in range(2):
         evaluate_model("cifar10", split, tmp / "models", tmp / "m.json", tmp / "c.csv", tmp / "p.csv")
@@ -408,7 +411,7 @@ def test_a_swallowed_ctrl_c_still_stops_training_at_the_next_batch(setup, monkey
     monkeypatch.setattr(interrupts, "_interrupted", False)
     with pytest.raises(KeyboardInterrupt):
         run_train(setup)
-    client, run = only_run(setup[3])
+    client, run = only_run(setup.root)
     assert run.info.status == "KILLED"
     assert steps(client, run.info.run_id) == [1]  # stopped in epoch 2, before it was committed
 
@@ -427,12 +430,12 @@ def test_refreshed_batchnorm_statistics_are_the_mean_over_the_batches():
 
 def test_the_fast_network_trains_and_exports_its_views_and_whitening(setup):
     """airbench with weight averaging and flip views: model.keras is the graph evaluate and serving run."""
-    params, split, stats, tmp = setup
+    params, split, stats, tmp = setup.params, setup.split, setup.stats, setup.root
     fast = dataclasses.replace(
         params.train.model, kind="airbench", widths=(4, 8, 8), bn_momentum=0.6, bn_scale=False, test_views="flip"
     )
     train_settings = dataclasses.replace(params.train, epochs=2, model=fast, ema_momentum=0.9, optimizer="sgd")
-    run_train((dataclasses.replace(params, train=train_settings), split, stats, tmp))
+    run_train(dataclasses.replace(setup, params=dataclasses.replace(params, train=train_settings)))
     model = keras.models.load_model(tmp / "models" / MODEL_FILE)
     classifier = model.get_layer("cifar_model")
     assert [layer.name for layer in model.layers][-1] == "mean_over_views"
