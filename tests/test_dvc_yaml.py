@@ -59,12 +59,12 @@ def test_every_stage_lists_exactly_the_src_modules_it_imports():
         assert listed == import_closure(ROOT / script), name
 
 
-def test_the_worker_command_reads_the_train_stages_inputs():
+def test_the_worker_command_reads_the_train_stages_inputs(monkeypatch):
     """A non-chief worker trains on what the chief's train stage reads: the same split and statistics."""
-    from cifar_pipeline.training.worker import SPLIT, STATS
+    from cifar_pipeline.training.worker import train_inputs
 
-    command = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["do"]["cmd"].split()
-    assert command[3:6] == ["${item}", SPLIT.format("${item}"), STATS.format("${item}")], command
+    monkeypatch.chdir(ROOT)
+    assert train_inputs("cifar10") == (Path("data/split/cifar10"), Path("data/stats/cifar10.json"))
 
 
 def test_the_dvc_plots_columns_are_the_metric_names_the_train_stage_writes():

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cifar_pipeline.core.stage_runner import run_stage
+from cifar_pipeline.core.stage_runner import DVC_YAML, run_stage
+from cifar_pipeline.core.yaml_reader import read_yaml
 from cifar_pipeline.training.trainer import train_as_worker
 
-# The train stage's inputs, as dvc.yaml's train command names them (tests/test_dvc_yaml.py holds them equal).
-SPLIT = "data/split/{}"
-STATS = "data/stats/{}.json"
+
+def train_inputs(dataset: str) -> tuple[Path, Path]:
+    """The split folder and statistics file dvc.yaml's train command gives the chief, read from
+    dvc.yaml itself: `python -m stages.train ${item} <split> <stats> ...`."""
+    command = read_yaml(DVC_YAML.read_text(encoding="utf-8"))["stages"]["train"]["do"]["cmd"].split()
+    split, stats = (Path(word.replace("${item}", dataset)) for word in command[4:6])
+    return split, stats
 
 
 def arguments(parser) -> None:
@@ -24,7 +29,12 @@ def arguments(parser) -> None:
 
 def body(args, params) -> None:
     params.dataset(args.dataset)  # one clear error for a dataset not in params.yaml
-    train_as_worker(args.dataset, params, Path(SPLIT.format(args.dataset)), Path(STATS.format(args.dataset)))
+    train_as_worker(args.dataset, params, *train_inputs(args.dataset))
+
+
+def inputs(args) -> dict[Path, str]:
+    split, stats = train_inputs(args.dataset)
+    return {split: f"split@{args.dataset}", stats: f"normalize@{args.dataset}"}
 
 
 def main() -> None:
@@ -32,10 +42,7 @@ def main() -> None:
         __doc__,
         arguments,
         body,
-        inputs=lambda args: {
-            Path(SPLIT.format(args.dataset)): f"split@{args.dataset}",
-            Path(STATS.format(args.dataset)): f"normalize@{args.dataset}",
-        },
+        inputs=inputs,
     )
 
 
