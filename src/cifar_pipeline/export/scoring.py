@@ -26,49 +26,48 @@ def size_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in files) / 1e6
 
 
-def single_image_ms(predict: Predict, images: np.ndarray) -> float:
-    """Median over SINGLE_RUNS calls with one image each, after one call that is not timed."""
-    predict(images[:1])
+def _median_seconds(predict: Predict, calls: list[np.ndarray]) -> float:
+    """The median time of one `predict` call over `calls`, after one untimed call with the first."""
+    predict(calls[0])  # warm-up: the first call plans memory and compiles
     times = []
-    for index in range(SINGLE_RUNS):
-        image = images[index % len(images)][None]
+    for images in calls:
         start = time.perf_counter()
-        predict(image)
+        predict(images)
         times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return statistics.median(times)
+
+
+def single_image_ms(predict: Predict, images: np.ndarray) -> float:
+    """Median over SINGLE_RUNS calls with one image each."""
+    return _median_seconds(predict, [images[index % len(images)][None] for index in range(SINGLE_RUNS)]) * 1e3
 
 
 def batch_ms(predict: Predict, images: np.ndarray, runs: int = BATCH_RUNS) -> float:
-    """Per image: the median time of `runs` calls with BATCH images, after one that is not timed."""
+    """Per image: the median time of `runs` calls with BATCH images."""
     batch = images[:BATCH]
-    predict(batch)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        predict(batch)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) / len(batch) * 1e3
+    return _median_seconds(predict, [batch] * runs) / len(batch) * 1e3
 
 
 def scored_row(predict: Predict, path: Path, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Score an exported file on every test image in batches of BATCH; the batch latency is the
-    median over those calls (the full ones), so the test pass is also the repeated measurement."""
+    median over those calls (the full ones; with fewer test images than BATCH, the one call), so
+    the test pass is also the repeated measurement."""
     predict(images[:BATCH])  # warm-up: the first call plans memory and compiles
-    parts, times = [], []
+    parts, timed = [], []
     for start in range(0, len(images), BATCH):
         batch = images[start : start + BATCH]
         began = time.perf_counter()
         parts.append(predict(batch))
-        if len(batch) == BATCH:
-            times.append(time.perf_counter() - began)
+        timed.append((time.perf_counter() - began, len(batch)))
+    full = [seconds for seconds, count in timed if count == BATCH]
+    per_image = statistics.median(full) / BATCH if full else timed[0][0] / timed[0][1]
     result = evaluate_probabilities(np.concatenate(parts), labels).metrics()
-    per_batch = statistics.median(times) / BATCH if times else (time.perf_counter() - began) / len(images)
     return {
         "test_accuracy": result["test_accuracy"],
         "test_top5_accuracy": result["test_top5_accuracy"],
         "size_mb": size_mb(path),
         "latency_b1_ms": single_image_ms(predict, images),
-        "latency_b256_ms": per_batch * 1e3,
+        "latency_b256_ms": per_image * 1e3,
     }
 
 
