@@ -16,13 +16,13 @@ from mlflow import MlflowClient
 
 from cifar_pipeline.core.errors import PipelineError, first_line
 from cifar_pipeline.core.files import atomic_dir, atomic_file, read_json, write_json
-from cifar_pipeline.core.layout import CLASSES_FILE, EXPORT_FILES, MODEL_FILE, RUN_FILE, load_classes, load_part
+from cifar_pipeline.core.layout import CLASSES_FILE, EXPORT_FILES, MODEL_FILE, RUN_FILE, load_part
 from cifar_pipeline.core.params import ExportParams
 from cifar_pipeline.export import scoring
 from cifar_pipeline.export.convert import CONVERTERS, PACKAGES, float32_copy
 from cifar_pipeline.inference import exported
-from cifar_pipeline.inference.evaluation import test_images
-from cifar_pipeline.inference.loading import load_model
+from cifar_pipeline.inference.evaluation import check_classes, test_images
+from cifar_pipeline.inference.loading import LoadedModel, load_model
 from cifar_pipeline.tracking import mlflow_models, mlflow_runs
 
 ORIGINAL = "keras"  # the table's row for the trained `.keras` model, as `cifar-predict` runs it
@@ -64,7 +64,7 @@ def score_file(name: str, path: Path, images: np.ndarray, labels: np.ndarray) ->
     kind = exported.format_of(path)
     try:
         predict = exported.LOADERS[kind](path)
-        return scoring.scored_row(lambda x: np.asarray(predict(x)), path, images, labels)
+        return scoring.scored_row(predict, path, images, labels)
     except OSError:
         raise
     except Exception as err:
@@ -74,10 +74,11 @@ def score_file(name: str, path: Path, images: np.ndarray, labels: np.ndarray) ->
         ) from None
 
 
-def original_row(model_dir: Path, images: np.ndarray, evaluated: dict[str, float]) -> dict[str, float]:
+def original_row(
+    model: LoadedModel, model_dir: Path, images: np.ndarray, evaluated: dict[str, float]
+) -> dict[str, float]:
     """The `.keras` model's row: its accuracy is the evaluate stage's (the same images, already
     scored); its latency is measured here, through the code `cifar-predict` runs."""
-    model = load_model(model_dir)
     return {
         "test_accuracy": evaluated["test_accuracy"],
         "test_top5_accuracy": evaluated["test_top5_accuracy"],
@@ -96,12 +97,10 @@ def export_formats(
     table_json: Path,
     settings: ExportParams,
 ) -> None:
-    names = load_classes(split_dir).names
-    if read_json(model_dir / CLASSES_FILE)["names"] != names:
-        raise ExportError(f"{model_dir} was trained on other classes than {split_dir} holds; run `dvc repro`")
+    original = load_model(model_dir)
+    check_classes(original, split_dir, str(model_dir), "run `dvc repro`")
     test = load_part(split_dir, "test", mmap=False)
-    evaluated = read_json(metrics_json)
-    table = {ORIGINAL: original_row(model_dir, test.images, evaluated)}
+    table = {ORIGINAL: original_row(original, model_dir, test.images, read_json(metrics_json))}
     print(_line(dataset, ORIGINAL, table[ORIGINAL], table[ORIGINAL]))
     calibration = calibration_images(split_dir, settings.calibration_images)
     model = float32_copy(keras.models.load_model(model_dir / MODEL_FILE))

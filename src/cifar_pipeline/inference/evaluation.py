@@ -72,11 +72,16 @@ def evaluate_probabilities(probabilities: np.ndarray, labels: np.ndarray) -> Eva
     )
 
 
+def check_classes(model: LoadedModel, split_dir: Path, what: str, fix: str) -> None:
+    """A model scored on a split must name the split's classes, in its order."""
+    if model.class_names != load_classes(split_dir).names:
+        raise PipelineError(f"{what} was trained on other classes than {split_dir} holds; {fix}")
+
+
 def score(model: LoadedModel, split_dir: Path, what: str, fix: str = "run `dvc repro` to retrain it") -> Evaluation:
     """A model's numbers on a split's raw uint8 test images: the evaluate stage's, and the register
     stage's when it scores the champion on a candidate's test images."""
-    if model.class_names != load_classes(split_dir).names:
-        raise PipelineError(f"{what} was trained on other classes than {split_dir} holds; {fix}")
+    check_classes(model, split_dir, what, fix)
     test = load_part(split_dir, "test", mmap=False)
     return evaluate_probabilities(model.predict(test.images), test.labels)
 

@@ -34,10 +34,10 @@ def saved_model(path: Path) -> Predict:
     import tensorflow as tf
 
     serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    (argument,) = serve.structured_input_signature[1]  # one input: the images
     (output,) = serve.structured_outputs  # one output: the probabilities
 
     def predict(images: np.ndarray) -> np.ndarray:
-        (argument,) = serve.structured_input_signature[1]
         return serve(**{argument: tf.constant(images, tf.uint8)})[output].numpy()
 
     return predict

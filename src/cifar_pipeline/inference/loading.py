@@ -84,11 +84,18 @@ def _load_file(path: Path) -> LoadedModel:
             f"export it again: `dvc repro export@<dataset>`"
         ) from None
 
-    def in_parts(images: np.ndarray) -> np.ndarray:
-        parts = [predict(images[i : i + PREDICT_BATCH]) for i in range(0, len(images), PREDICT_BATCH)]
-        return np.concatenate(parts) if parts else np.zeros((0, len(names)), np.float32)
+    return LoadedModel(names, _in_parts(predict, len(names)))
 
-    return LoadedModel(names, in_parts)
+
+def _in_parts(predict: Callable[[np.ndarray], np.ndarray], classes: int) -> Callable[[np.ndarray], np.ndarray]:
+    """`predict` called on at most PREDICT_BATCH images at a time: bounded memory, and the logged
+    model refuses more than CIFAR_SERVE_MAX_IMAGES (1,024) per call."""
+
+    def in_parts(images: np.ndarray) -> np.ndarray:
+        parts = [np.asarray(predict(images[i : i + PREDICT_BATCH])) for i in range(0, len(images), PREDICT_BATCH)]
+        return np.concatenate(parts) if parts else np.zeros((0, classes), np.float32)
+
+    return in_parts
 
 
 def _load_keras(path: Path, names: list[str]) -> LoadedModel:
@@ -151,9 +158,4 @@ def _load_mlflow(uri: str) -> LoadedModel:
             f"use one it logged, or its model folder"
         )
 
-    def predict(images: np.ndarray) -> np.ndarray:
-        # In parts: the logged model refuses more than CIFAR_SERVE_MAX_IMAGES (1,024) per call.
-        parts = [np.asarray(model.predict(images[i : i + PREDICT_BATCH])) for i in range(0, len(images), PREDICT_BATCH)]
-        return np.concatenate(parts) if parts else np.zeros((0, len(names)), np.float32)
-
-    return LoadedModel(list(names), predict)
+    return LoadedModel(list(names), _in_parts(model.predict, len(names)))
