@@ -26,6 +26,10 @@ import keras
 import numpy as np
 
 # isort: on
+from recipes import train_settings
+from seed_port import SeedPortOptions, train_seed_port
+from train_speed import forward_flops
+
 from cifar_pipeline.core.layout import load_classes, load_part
 from cifar_pipeline.core.params import flatten
 from cifar_pipeline.data.channel_stats import ChannelStats
@@ -35,9 +39,6 @@ from cifar_pipeline.training.hardware import precision_policy
 from cifar_pipeline.training.model import exportable
 from cifar_pipeline.training.trainer import fit_classifier, new_classifier
 from cifar_pipeline.training.views import VIEWS, with_test_views
-from recipes import train_settings
-from seed_port import SeedPortOptions, train_seed_port
-from train_speed import forward_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 

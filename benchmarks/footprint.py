@@ -30,11 +30,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "tests"))  # the project's own fixture builders
+sys.path.insert(0, str(ROOT))  # testkit: the project copy and archive builders
 
-from archives import build_archive  # noqa: E402
 from cifar_pipeline.training.hardware import cpu_flags, cpuinfo_value  # noqa: E402
-from project import create, edit_params, environment, run  # noqa: E402
+from testkit.archives import build_archive  # noqa: E402
+from testkit.project import create, edit_params, environment, run  # noqa: E402
 
 FULL = {"train_per_file": 10_000, "test": 10_000, "epochs": 2}
 SMOKE = {"train_per_file": 60, "test": 60, "epochs": 1}

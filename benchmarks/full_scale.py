@@ -42,6 +42,7 @@ from accuracy import (  # noqa: E402
     time_to,
     time_to_cell,
 )
+
 from cifar_pipeline.core.datasets import SPECS  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -91,8 +92,9 @@ def resolved(contender: dict, seed: int) -> dict | None:
     """The training values a pipeline contender resolves to (what identifies its run)."""
     if contender["contender"] != "pipeline":
         return None
-    from cifar_pipeline.core.params import flatten
     from recipes import train_settings
+
+    from cifar_pipeline.core.params import flatten
 
     return comparable(flatten(train_settings([*contender["overrides"], f"train.seed={seed}"])))
 

@@ -23,11 +23,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "tests"))  # the project's own fixture builders
+sys.path.insert(0, str(ROOT))  # testkit: the project copy and archive builders
 
-from archives import build_archive  # noqa: E402
 from cifar_pipeline.training.hardware import cpu_flags, cpu_has_fast_bfloat16, cpuinfo_value  # noqa: E402
-from project import create, edit_params, environment  # noqa: E402
+from testkit.archives import build_archive  # noqa: E402
+from testkit.project import create, edit_params, environment  # noqa: E402
 
 FULL = {"train_images": 2048, "epochs": 5, "batch_size": 128, "train_per_file": 10_000, "test": 10_000, "repeats": 3}
 # The smoke run checks the code paths: one dataset's project for the no-op repro, each command timed once.

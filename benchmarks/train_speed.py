@@ -28,12 +28,13 @@ import numpy as np
 import tensorflow as tf
 
 # isort: on
+from recipes import train_settings
+
 from cifar_pipeline.data.channel_stats import ChannelStats
 from cifar_pipeline.training.hardware import cpu_has_fast_bfloat16, precision_policy
 from cifar_pipeline.training.input_pipeline import steps_per_epoch, training_dataset
 from cifar_pipeline.training.model import build_classifier, set_whitening
 from cifar_pipeline.training.recipe import compile_classifier
-from recipes import train_settings
 
 
 def settings(network: str, overrides: list[str] | None = None):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from archives import build_archive
 from http_server import ArchiveServer, serve
+from testkit.archives import build_archive
 
 # pyproject.toml runs the suite on two pytest-xdist workers with `--dist loadscope`: each module
 # stays on one worker (the e2e modules share one project, in order) and modules are handed out

@@ -11,7 +11,7 @@ from cifar_pipeline.training.lookahead import BASE_DECAY, EVERY, Lookahead
 from cifar_pipeline.training.model import build_classifier, dirac_initialise, set_whitening
 from cifar_pipeline.training.optimizers import ConvMuon, VariableRateSGD
 from cifar_pipeline.training.recipe import build_optimizer
-from project import seed_params
+from testkit.project import seed_params
 
 STATS = ChannelStats(mean=(120.0,) * 3, std=(60.0,) * 3)
 IMAGES = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)

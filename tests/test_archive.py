@@ -4,9 +4,9 @@ import tarfile
 import numpy as np
 import pytest
 
-from archives import build_archive
 from cifar_pipeline.core.datasets import CIFAR10, CIFAR100, DataFormatError
 from cifar_pipeline.data.archive import read_archive
+from testkit.archives import build_archive
 
 
 @pytest.mark.parametrize(

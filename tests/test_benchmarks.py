@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from project import ROOT, environment
+from testkit.project import ROOT, environment
 
 pytestmark = pytest.mark.e2e
 

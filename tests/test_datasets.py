@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from archives import class_images, encode_records
 from cifar_pipeline.core.datasets import CIFAR10, CIFAR100, DataFormatError, parse_records
+from testkit.archives import class_images, encode_records
 
 
 @pytest.mark.parametrize("spec", [CIFAR10, CIFAR100], ids=lambda s: s.name)

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from cifar_pipeline.core.layout import load_images
 from cifar_pipeline.training import distribution, keras_workaround
-from project import create, edit_params, environment, run, start_training
+from testkit.project import create, edit_params, environment, run, start_training
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from project import ROOT
+from testkit.project import ROOT
 
 PACKAGE = "cifar_pipeline"
 

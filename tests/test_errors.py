@@ -4,8 +4,8 @@ import subprocess
 import sys
 
 from cifar_pipeline.core.errors import redact
-from project import ROOT, environment
 from team_servers import free_port
+from testkit.project import ROOT, environment
 
 
 def test_passwords_and_query_strings_are_masked_and_the_rest_kept():

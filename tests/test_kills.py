@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from project import create, edit_params, environment, run, stages_run
+from testkit.project import create, edit_params, environment, run, stages_run
 
 pytestmark = pytest.mark.e2e
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ast
 
-from project import ROOT
+from testkit.project import ROOT
 
 PACKAGE = ROOT / "src" / "cifar_pipeline"
 # Each layer and the layers it may import (besides itself).

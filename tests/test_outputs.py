@@ -13,7 +13,7 @@ import yaml
 
 from cifar_pipeline.core import files, stage_runner
 from cifar_pipeline.core.files import MARKER, OutputError, atomic_dir, atomic_file
-from project import ROOT
+from testkit.project import ROOT
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from cifar_pipeline.core.params import ParamsError, flatten, load_params, parse_params
-from project import seed_params
+from testkit.project import seed_params
 
 PROJECT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 

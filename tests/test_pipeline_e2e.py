@@ -27,9 +27,9 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from archives import build_archive
 from cifar_pipeline.core.layout import EXPORT_FILES
-from project import ROOT, create, edit_params, environment, run, run_queue, stages_run, start_training
+from testkit.archives import build_archive
+from testkit.project import ROOT, create, edit_params, environment, run, run_queue, stages_run, start_training
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,7 @@ from cifar_pipeline.training.recipe import (
     last_step_rate,
     learning_rate_schedule,
 )
-from project import seed_params
+from testkit.project import seed_params
 
 STEP = ScheduleParams(kind="step", boundaries=(50, 100, 150), factor=0.5, warmup_fraction=0.0)
 SPE = 10  # steps per epoch

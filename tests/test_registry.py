@@ -27,8 +27,8 @@ from cifar_pipeline.registry import lock
 from cifar_pipeline.registry.register import RegistryError, register_model, registered_name
 from cifar_pipeline.tracking import mlflow_datasets, mlflow_runs, mlflow_store
 from cifar_pipeline.tracking.logged_model import log_model
-from project import ROOT, environment
 from team_servers import Service, answers, free_port
+from testkit.project import ROOT, environment
 
 CLASSES = [f"c{k}" for k in range(10)]
 COUNTS = [1, 3, 5, 7, 9, 11, 13, 15, 17, 19]  # of 100 test images: "always class k" scores COUNTS[k] / 100

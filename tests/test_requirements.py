@@ -8,7 +8,7 @@ import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from project import ROOT
+from testkit.project import ROOT
 
 
 def pins() -> dict[str, str]:

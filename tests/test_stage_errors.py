@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from project import ROOT, create, edit_params, environment, run, stages_run
+from testkit.project import ROOT, create, edit_params, environment, run, stages_run
 
 
 def stage(cwd: Path, name: str, *args: str) -> subprocess.CompletedProcess:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from project import create, edit_params, run, run_queue, stages_run, start_training
 from team_servers import S3_KEYS, TeamServers, request
+from testkit.project import create, edit_params, run, run_queue, stages_run, start_training
 
 pytestmark = pytest.mark.e2e
 

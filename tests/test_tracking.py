@@ -12,7 +12,7 @@ from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, PERMISSION_DENIED, UNAU
 from mlflow.tracking import MlflowClient
 
 from cifar_pipeline.tracking import mlflow_runs, mlflow_store
-from project import ROOT, environment
+from testkit.project import ROOT, environment
 
 
 def test_default_store_is_sqlite_at_the_dvc_root(monkeypatch, tmp_path):

@@ -37,7 +37,7 @@ from cifar_pipeline.training.input_pipeline import steps_per_epoch
 from cifar_pipeline.training.model import patch_whitening
 from cifar_pipeline.training.recipe import learning_rate_schedule
 from cifar_pipeline.training.trainer import train
-from project import seed_params
+from testkit.project import seed_params
 
 EPOCHS = 4
 
