@@ -1,6 +1,6 @@
 """One training run of the accuracy benchmark, in its own process (TF and Keras keep global state).
 
-Usage: python benchmarks/accuracy_run.py CONFIG_JSON  -> prints one `RESULT {json}` line.
+Usage: python -m benchmarks.accuracy_run CONFIG_JSON  -> prints one `RESULT {json}` line.
 CONFIG keys: data (a split folder as the split+normalize stages write it), contender
 ("pipeline" | "seed_port"), seed, epochs, overrides (dotted `key=value` strings applied
 to params.yaml, as `dvc exp run -S` does; pipeline only), port (SeedPortOptions fields),
@@ -17,19 +17,15 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 # isort: off
 import cifar_pipeline  # noqa: F401  first: it sets TF's env defaults before TF is imported, as in the train stage
 import keras
 import numpy as np
 
 # isort: on
-from recipes import train_settings
-from seed_port import SeedPortOptions, train_seed_port
-from train_speed import forward_flops
-
+from benchmarks.recipes import train_settings
+from benchmarks.seed_port import SeedPortOptions, train_seed_port
+from benchmarks.train_speed import forward_flops
 from cifar_pipeline.core.layout import load_classes, load_part
 from cifar_pipeline.core.params import flatten
 from cifar_pipeline.data.channel_stats import ChannelStats
@@ -39,8 +35,6 @@ from cifar_pipeline.training.hardware import precision_policy
 from cifar_pipeline.training.model import exportable
 from cifar_pipeline.training.trainer import fit_classifier, new_classifier
 from cifar_pipeline.training.views import VIEWS, with_test_views
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class EpochClock(keras.callbacks.Callback):

@@ -1,6 +1,6 @@
 """The export stage on trained models: its wall time and its table, against issue 32's targets.
 
-    python benchmarks/export_formats.py PROJECT [--datasets cifar10 cifar100] [--repro-seconds 1606]
+    python -m benchmarks.export_formats PROJECT [--datasets cifar10 cifar100] [--repro-seconds 1606]
 
 PROJECT is a project where `dvc repro` has trained and evaluated the models (its params.yaml
 with an `export` section). This checkout's export stage runs there, once per dataset, alone on
@@ -18,10 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from accuracy import machine  # noqa: E402
+from benchmarks.common import ROOT, machine
 
 # issue 32's targets
 INT8_SMALLER = 3.5  # times smaller than the float32 model (the ONNX file: float32 weights, no Keras wrapper)

@@ -1,8 +1,8 @@
 """Disk and memory footprint of the pipeline at full CIFAR-10 scale, code versions side by side.
 
-    python benchmarks/footprint.py                                  # this checkout, ~10 min on 2 cores
-    python benchmarks/footprint.py --variant before=/path/to/old/checkout --variant after=.
-    python benchmarks/footprint.py --smoke --out /tmp/fp            # seconds; what the test suite runs
+    python -m benchmarks.footprint                                  # this checkout, ~10 min on 2 cores
+    python -m benchmarks.footprint --variant before=/path/to/old/checkout --variant after=.
+    python -m benchmarks.footprint --smoke --out /tmp/fp            # seconds; what the test suite runs
 
 Per code version, in a fresh copy of that version's project (its own git + DVC repo) fed a
 synthetic archive in the official binary layout (60,000 images, as the real CIFAR-10):
@@ -20,21 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT))  # testkit: the project copy and archive builders
-
-from cifar_pipeline.training.hardware import cpu_flags, cpuinfo_value  # noqa: E402
-from testkit.archives import build_archive  # noqa: E402
-from testkit.project import create, edit_params, environment, run  # noqa: E402
+from benchmarks.common import ROOT, machine, machine_line, timed
+from testkit.archives import build_archive
+from testkit.project import create, edit_params, run
 
 FULL = {"train_per_file": 10_000, "test": 10_000, "epochs": 2}
 SMOKE = {"train_per_file": 60, "test": 60, "epochs": 1}
@@ -43,19 +36,6 @@ TARGETS = {"train_peak_rss_gb": 1.5}
 
 def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
-
-
-def peak_rss_gb(command: list[str], cwd: Path) -> tuple[float, float]:
-    """Wall seconds and the peak RSS of the largest process in the command's tree, in GB."""
-    with tempfile.TemporaryFile() as out:
-        start = time.perf_counter()
-        proc = subprocess.Popen(command, cwd=cwd, env=environment(), stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        if os.waitstatus_to_exitcode(status):
-            out.seek(0)
-            raise RuntimeError(f"{' '.join(command)} failed:\n{out.read().decode()[-3000:]}")
-    return wall, usage.ru_maxrss / 1e6  # kB -> GB
 
 
 def last_epoch_speed(project: Path) -> float:
@@ -89,7 +69,7 @@ def measure(name: str, code: Path, archive: Path, md5: str, size: dict, work: Pa
     run(project, "dvc", "repro", "normalize@cifar10")
     growth = folder_bytes(cache) - first
     print(f"  cache {first / 1e6:.0f} MB, +{growth / 1e6:.0f} MB per split change (split {split / 1e6:.0f} MB)")
-    wall, rss = peak_rss_gb(["dvc", "repro", "train@cifar10"], project)
+    wall, rss = timed(["dvc", "repro", "train@cifar10"], project)
     speed = last_epoch_speed(project)
     print(f"  train: peak RSS {rss:.2f} GB, last epoch {speed:.0f} img/s, {wall:.0f} s", flush=True)
     return {
@@ -113,7 +93,7 @@ def report(results: dict, out: Path) -> None:
         "",
         f"Machine: {results['machine']}. Data: synthetic archive in the official binary layout, "
         f"{results['images']:,} images. Train: each version's own params.yaml model and recipe, "
-        f"{results['epochs']} epoch(s). Taken {results['date']} by `benchmarks/footprint.py`.",
+        f"{results['epochs']} epoch(s). Taken {results['date']} by `python -m benchmarks.footprint`.",
         "",
         "| code | DVC cache after first repro to normalize | cache growth per split change | uint8 split | "
         "train peak RSS | last-epoch img/s |",
@@ -148,8 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         archive = work / "cifar-10-binary.tar.gz"
         md5 = build_archive(archive, "cifar10", train_per_file=size["train_per_file"], test=size["test"])
         results = {
-            "machine": f"{cpuinfo_value(('model name',)) or platform.processor()}, {os.cpu_count()} cores, "
-            f"{'avx512_bf16' if 'avx512_bf16' in cpu_flags() else 'no avx512_bf16'}",
+            "machine": machine_line(machine()),
             "date": time.strftime("%Y-%m-%d"),
             "images": 5 * size["train_per_file"] + size["test"],
             "epochs": size["epochs"],

@@ -6,12 +6,9 @@ Named recipes live in recipes.yaml only; a contender names one (`recipe=fast`).
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from benchmarks.common import ROOT
 from cifar_pipeline.core.params import RECIPES_FILE, TrainParams, parse_params, read_recipes
 from cifar_pipeline.core.yaml_reader import read_yaml
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # The seed network with params-only changes chosen on validation (issue 7's screening): a
 # contender of the 15-epoch benchmark's history, not a recipe offered to users.

@@ -1,7 +1,7 @@
 """Measure the pipeline's speed on this machine, side by side, and write results.{md,json}.
 
-    python benchmarks/run.py                 # full run, ~15 min on 2 CPU cores
-    python benchmarks/run.py --smoke --out /tmp/bench   # seconds; what the test suite runs
+    python -m benchmarks.run                 # full run, ~15 min on 2 CPU cores
+    python -m benchmarks.run --smoke --out /tmp/bench   # seconds; what the test suite runs
 
 Every number is a median of several repeats taken in this one run, so ratios compare
 like with like. Nothing here is a pass/fail test: targets are reported, not asserted.
@@ -11,23 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT))  # testkit: the project copy and archive builders
-
-from cifar_pipeline.training.hardware import cpu_flags, cpu_has_fast_bfloat16, cpuinfo_value  # noqa: E402
-from testkit.archives import build_archive  # noqa: E402
-from testkit.project import create, edit_params, environment  # noqa: E402
+from benchmarks.common import ROOT, machine, result_line, run_module, timed, warm_up
+from cifar_pipeline.training.hardware import cpu_has_fast_bfloat16
+from testkit.archives import build_archive
+from testkit.project import create, edit_params, environment
 
 FULL = {"train_images": 2048, "epochs": 5, "batch_size": 128, "train_per_file": 10_000, "test": 10_000, "repeats": 3}
 # The smoke run checks the code paths: one dataset's project for the no-op repro, each command timed once.
@@ -40,43 +34,6 @@ TARGETS = {
     "data_stage_rss_gb": 3.0,
     "noop_repro_minus_status_s": 2.0,
 }
-
-
-def machine() -> dict:
-    """What ran the numbers; the GPU count comes later, from the first training run's process
-    (asking TensorFlow here would cost a process that imports it, for one number)."""
-    cpu = cpuinfo_value(("model name",)) or platform.processor()
-    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags()]
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {
-        "cpu": cpu,
-        "simd": simd,
-        "cores": os.cpu_count(),
-        "memory_gib": round(memory, 1),
-        "python": platform.python_version(),
-        **{package: metadata.version(package) for package in ("tensorflow", "keras", "mlflow")},
-    }
-
-
-def timed(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, float]:
-    """Wall seconds and peak RSS in GB of one child process (its own rusage, from wait4)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(command, cwd=cwd, env=env or environment(), stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode:
-            err.seek(0)
-            raise RuntimeError(f"{' '.join(command)} failed:\n{err.read().decode()[-3000:]}")
-    return wall, usage.ru_maxrss / 1e6  # kB -> GB
-
-
-def warm_up(seconds: float) -> None:
-    """Busy both cores for a while first: the first measured config otherwise runs on a cold CPU."""
-    code = f"import numpy as np, time\nend = time.time() + {seconds}\na = np.ones((1024, 1024), np.float32)\n"
-    code += "while time.time() < end: a @ a"
-    subprocess.run([sys.executable, "-c", code], check=True, env=environment())
 
 
 def train_speed(size: dict) -> list[dict]:
@@ -124,14 +81,10 @@ def train_speed(size: dict) -> list[dict]:
 
 
 def measure_training(name: str, config: dict, env: dict[str, str]) -> dict:
-    """One `train_speed.py` configuration in its own process (TF reads its env vars at import)."""
+    """One `benchmarks.train_speed` configuration in its own process (TF reads its env vars at import)."""
     print(f"  training speed: {name} ...", flush=True)
-    command = [sys.executable, str(ROOT / "benchmarks/train_speed.py"), json.dumps(config)]
-    out = subprocess.run(command, capture_output=True, text=True, env=environment() | env, check=False)
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    if line is None:
-        raise RuntimeError(f"{name} failed:\n{out.stderr[-3000:]}")
-    return {"name": name, **json.loads(line.removeprefix("RESULT "))}
+    out = run_module("train_speed", json.dumps(config), env=environment() | env)
+    return {"name": name, **result_line(out, name)}
 
 
 def data_stages(size: dict, work: Path) -> dict:
@@ -146,17 +99,16 @@ def data_stages(size: dict, work: Path) -> dict:
         .replace("c32a1d4ab5d03f1284b67883e8d87530", md5)
     )
     (project / "recipes.yaml").write_text((ROOT / "recipes.yaml").read_text())  # params.yaml names one
-    env = environment() | {"PYTHONPATH": str(ROOT / "src")}
+    env = environment() | {"PYTHONPATH": str(ROOT)}  # this checkout's stages, run in the data folder
     stages = {
-        "download (parse archive)": ["download.py", "cifar10", "data/raw/cifar10"],
-        "split": ["split.py", "cifar10", "data/raw/cifar10", "data/split/cifar10"],
-        "normalize": ["normalize.py", "data/split/cifar10", "data/stats/cifar10.json"],
+        "download (parse archive)": ["download", "cifar10", "data/raw/cifar10"],
+        "split": ["split", "cifar10", "data/raw/cifar10", "data/split/cifar10"],
+        "normalize": ["normalize", "data/split/cifar10", "data/stats/cifar10.json"],
     }
     results = {}
-    for name, (script, *args) in stages.items():
-        runs = [
-            timed([sys.executable, str(ROOT / "stages" / script), *args], project, env) for _ in range(size["repeats"])
-        ]
+    for name, (stage, *args) in stages.items():
+        command = [sys.executable, "-m", f"stages.{stage}", *args]
+        runs = [timed(command, project, env) for _ in range(size["repeats"])]
         results[name] = {"wall_s": statistics.median(r[0] for r in runs), "peak_rss_gb": max(r[1] for r in runs)}
         print(f"  {name}: {results[name]}", flush=True)
     results["images"] = 5 * size["train_per_file"] + size["test"]
@@ -203,9 +155,7 @@ print(statistics.median(times[1:]))
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def report(results: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+def markdown(results: dict) -> str:
     m = results["machine"]
     lines = [
         "# Benchmark results",
@@ -234,9 +184,14 @@ def report(results: dict, out: Path) -> None:
             f"{'-' if overhead is None else f'{overhead:.1f}'} | {r['achieved_gflops']:.1f} | "
             f"{r['fraction_of_peak']:.0%} |"
         )
+    return "\n".join([*lines, *other_sections(results)])
+
+
+def other_sections(results: dict) -> list[str]:
+    """The peak, data stage, DVC/MLflow and target sections, after the training table."""
     ours = results["training"][0]
     peaks = ours["peak_gflops"]
-    lines += [
+    return [
         "",
         f"Peak measured in the same process as 'ours': matmul {peaks['matmul']:.0f} GFLOP/s, conv {peaks['conv']:.0f} "
         f"GFLOP/s in float32; {peaks.get('matmul_bfloat16', 0):.0f} and {peaks.get('conv_bfloat16', 0):.0f} in "
@@ -269,7 +224,52 @@ def report(results: dict, out: Path) -> None:
         *[f"| {name} | {value} | {'yes' if ok else '**no**'} |" for name, value, ok in results["targets"]],
         "",
     ]
-    (out / "results.md").write_text("\n".join(lines))
+
+
+def derived(results: dict) -> dict:
+    """The ratios and each target's measured value and verdict, from the measured parts."""
+    ours, baseline = results["training"][0], results["training"][-1]
+    ratio = ours["steady_img_s"] / baseline["steady_img_s"]
+    wall_gap = ours["wall_gap"]
+    stages = [v for v in results["data_stages"].values() if isinstance(v, dict)]
+    stage_wall, stage_rss = max(v["wall_s"] for v in stages), max(v["peak_rss_gb"] for v in stages)
+    difference = results["dvc"]["difference_s"]
+    return {
+        "ratio_vs_baseline": ratio,
+        "mlflow_fraction_full_epoch": results["mlflow_log_s"] / (45_000 / ours["steady_img_s"]),
+        "targets": [
+            (
+                f"steady >= {TARGETS['steady_img_s']:.0f} img/s",
+                f"{ours['steady_img_s']:.0f}",
+                ours["steady_img_s"] >= TARGETS["steady_img_s"],
+            ),
+            (
+                f"epoch wall within {TARGETS['epoch_wall_within']:.0%} of steady",
+                f"{wall_gap:+.1%}",
+                wall_gap <= TARGETS["epoch_wall_within"],
+            ),
+            (
+                f">= {TARGETS['ratio_vs_baseline']}x seed-style baseline",
+                f"{ratio:.2f}x",
+                ratio >= TARGETS["ratio_vs_baseline"],
+            ),
+            (
+                f"split/normalize/parse <= {TARGETS['data_stage_s']:.0f} s each",
+                f"max {stage_wall:.1f} s",
+                stage_wall <= TARGETS["data_stage_s"],
+            ),
+            (
+                f"peak RSS <= {TARGETS['data_stage_rss_gb']:.0f} GB",
+                f"max {stage_rss:.2f} GB",
+                stage_rss <= TARGETS["data_stage_rss_gb"],
+            ),
+            (
+                f"no-op repro <= status + {TARGETS['noop_repro_minus_status_s']:.0f} s",
+                f"{difference:+.2f} s",
+                difference <= TARGETS["noop_repro_minus_status_s"],
+            ),
+        ],
+    }
 
 
 def main() -> None:
@@ -302,33 +302,10 @@ def main() -> None:
         save("dvc", dvc_noop(size, work / "dvc"))
         save("mlflow_log_s", mlflow_cost(work))
     results["complete"] = True
-    ours, baseline = results["training"][0], results["training"][-1]
-    results["ratio_vs_baseline"] = ours["steady_img_s"] / baseline["steady_img_s"]
-    results["mlflow_fraction_full_epoch"] = results["mlflow_log_s"] / (45_000 / ours["steady_img_s"])
-    wall_gap = ours["wall_gap"]
-    stage_walls = [v["wall_s"] for v in results["data_stages"].values() if isinstance(v, dict)]
-    stage_rss = [v["peak_rss_gb"] for v in results["data_stages"].values() if isinstance(v, dict)]
-    results["targets"] = [
-        ("steady >= 200 img/s", f"{ours['steady_img_s']:.0f}", ours["steady_img_s"] >= TARGETS["steady_img_s"]),
-        ("epoch wall within 3% of steady", f"{wall_gap:+.1%}", wall_gap <= TARGETS["epoch_wall_within"]),
-        (
-            ">= 2.4x seed-style baseline",
-            f"{results['ratio_vs_baseline']:.2f}x",
-            results["ratio_vs_baseline"] >= TARGETS["ratio_vs_baseline"],
-        ),
-        (
-            "split/normalize/parse <= 10 s each",
-            f"max {max(stage_walls):.1f} s",
-            max(stage_walls) <= TARGETS["data_stage_s"],
-        ),
-        ("peak RSS <= 3 GB", f"max {max(stage_rss):.2f} GB", max(stage_rss) <= TARGETS["data_stage_rss_gb"]),
-        (
-            "no-op repro <= status + 2 s",
-            f"{results['dvc']['difference_s']:+.2f} s",
-            results["dvc"]["difference_s"] <= TARGETS["noop_repro_minus_status_s"],
-        ),
-    ]
-    report(results, args.out)
+    results |= derived(results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "results.md").write_text(markdown(results))
     print((args.out / "results.md").read_text())
 
 

@@ -1,9 +1,9 @@
 """`mlflow models serve` under load: the Keras flavour (what the project logged before issue 31)
 and the project's served model, the same trained `.keras` file, side by side in one run.
 
-    python benchmarks/serve_load.py                      # a tiny untrained model: the servers' own cost
-    python benchmarks/serve_load.py --project /path/to/a/project/that/ran/dvc/repro   # its trained model
-    python benchmarks/serve_load.py --smoke              # the tiny model, 3 s of load (the code paths only)
+    python -m benchmarks.serve_load                      # a tiny untrained model: the servers' own cost
+    python -m benchmarks.serve_load --project /path/to/a/project/that/ran/dvc/repro   # its trained model
+    python -m benchmarks.serve_load --smoke              # the tiny model, 3 s of load (the code paths only)
 
 Each server runs as the README starts it (`--env-manager local`, access log off) against a
 temporary MLflow store; for `--seconds`, 8 client threads (half sending 1 image, half 64 per
@@ -30,11 +30,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "src"))
-
-from accuracy import machine  # noqa: E402
+from benchmarks.common import ROOT, machine
 
 CLIENTS = 8
 BATCHES = (1, 64)  # half the clients each
@@ -189,7 +185,7 @@ def markdown(results: dict) -> str:
     lines = [
         "# `mlflow models serve` under load",
         "",
-        f"Written by `benchmarks/serve_load.py` on {results['date']}. Machine: {m['cpu']}, {m['cores']} cores. "
+        f"Written by `python -m benchmarks.serve_load` on {results['date']}. Machine: {m['cpu']}, {m['cores']} cores. "
         f"Model: {results['model']}. {CLIENTS} clients for {results['seconds']} s, half posting 1 image and half "
         "64 per request; the clients run on the same cores as the server.",
         "",
@@ -220,7 +216,7 @@ def tiny_model(folder: Path) -> Path:
     return folder / "model.keras"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--project", type=Path, help="a project where `dvc repro` ran: its cifar10 model and test images"
@@ -230,38 +226,45 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="the served model's worker counts")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/serve_load")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def serve_each(uris: dict[str, str], workers: list[int], images: np.ndarray, seconds: float, store: Path):
+    """Each logged model under load (the served one at each worker count), and the hostile
+    requests once, on the served model."""
+    runs, hostile_answers = [], None
+    for (name, uri), counts in zip(uris.items(), ([1], workers), strict=True):
+        for count in counts:
+            server = Server(uri, store, count, store / f"serve-{len(runs)}.log")
+            try:
+                row = {"server": name, "workers": count, "lone_p50_ms": lone(server, images)}
+                row |= load(server, images, seconds)
+                if name.startswith("served") and hostile_answers is None:
+                    expected = json.loads(post(server.url, body(images[:8]))[1])["predictions"]
+                    hostile_answers = hostile(server, images, np.asarray(expected))
+            finally:
+                server.stop()
+            runs.append(row)
+            print(json.dumps(row))
+    return runs, hostile_answers
+
+
+def main() -> None:
+    args = parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp)
         if args.project is None:
             keras_file, names = tiny_model(store), [f"c{i}" for i in range(10)]
             seconds, workers = (3, [1]) if args.smoke else (args.seconds, args.workers)
             images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+            model = "a tiny untrained network"
         else:
             keras_file = args.project / f"models/{args.dataset}/model.keras"
             names = json.loads((args.project / f"models/{args.dataset}/classes.json").read_text())["names"]
             images = np.load(args.project / f"data/split/{args.dataset}/test_images.npy")[:64]
             seconds, workers = args.seconds, args.workers
-        model = (
-            "a tiny untrained network"
-            if args.project is None
-            else f"{keras_file} ({keras_file.stat().st_size / 1e6:.1f} MB)"
-        )
-        uris = log_models(keras_file, names, store)
-        runs, hostile_answers = [], None
-        for (name, uri), counts in zip(uris.items(), ([1], workers), strict=True):
-            for count in counts:
-                server = Server(uri, store, count, store / f"serve-{len(runs)}.log")
-                try:
-                    row = {"server": name, "workers": count, "lone_p50_ms": lone(server, images)}
-                    row |= load(server, images, seconds)
-                    if name.startswith("served") and hostile_answers is None:
-                        expected = json.loads(post(server.url, body(images[:8]))[1])["predictions"]
-                        hostile_answers = hostile(server, images, np.asarray(expected))
-                finally:
-                    server.stop()
-                runs.append(row)
-                print(json.dumps(row))
+            model = f"{keras_file} ({keras_file.stat().st_size / 1e6:.1f} MB)"
+        runs, hostile_answers = serve_each(log_models(keras_file, names, store), workers, images, seconds, store)
     results = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),

@@ -1,7 +1,7 @@
 """Where the fast network's train step goes: its share of this machine's peak, side by side.
 
-    python benchmarks/step_share.py            # ~7 minutes on 2 cores
-    python benchmarks/step_share.py --smoke    # the code paths only (what the tests run)
+    python -m benchmarks.step_share            # ~7 minutes on 2 cores
+    python -m benchmarks.step_share --smoke    # the code paths only (what the tests run)
 
 Each configuration is the airbench94 recipe's network and optimizer trained on random uint8 images by the train
 stage's own input pipeline and `fit`, in its own process, which also measures the matmul and
@@ -16,15 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from accuracy import machine  # noqa: E402
-from run import measure_training, warm_up  # noqa: E402
+from benchmarks.common import ROOT, machine, warm_up
+from benchmarks.run import measure_training
 
 FAST = {"pipeline": "ours", "network": "fast", "overrides": ["recipe=airbench94"]}
 CONFIGS: list[tuple[str, dict, dict[str, str]]] = [
@@ -54,7 +50,7 @@ def markdown(results: dict) -> str:
     lines = [
         "# The fast network's train step against the machine's peak",
         "",
-        f"Written by `benchmarks/step_share.py` on {results['date']}. Machine: {m['cpu']}, {m['cores']} cores, "
+        f"Written by `python -m benchmarks.step_share` on {results['date']}. Machine: {m['cpu']}, {m['cores']} cores, "
         f"{' '.join(m['simd'])}. {results['images']} random images, {results['epochs']} epochs per row; medians "
         "over epochs 2..N. Peaks in the first row's process: matmul "
         f"{peaks['matmul']:.0f} / conv {peaks['conv']:.0f} GFLOP/s float32, matmul "

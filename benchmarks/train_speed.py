@@ -1,6 +1,6 @@
 """One training-speed measurement, run in its own process (TF reads its env vars at import).
 
-Usage: python benchmarks/train_speed.py CONFIG_JSON  -> prints one JSON line.
+Usage: python -m benchmarks.train_speed CONFIG_JSON  -> prints one JSON line.
 CONFIG keys: pipeline ("ours" | "imagedatagenerator"), network ("seed", the default, or
 "fast": the README's fast network), overrides (of its recipe, dvc-style), images, batch_size,
 epochs, jit_compile, autotune, augment, mixed_precision, deterministic, classes. Set TF_ENABLE_ONEDNN_OPTS in
@@ -16,10 +16,6 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # isort: off
 import cifar_pipeline  # noqa: F401  first: it sets TF's env defaults before TF is imported, as in the train stage
@@ -28,8 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 # isort: on
-from recipes import train_settings
-
+from benchmarks.recipes import train_settings
 from cifar_pipeline.data.channel_stats import ChannelStats
 from cifar_pipeline.training.hardware import cpu_has_fast_bfloat16, precision_policy
 from cifar_pipeline.training.input_pipeline import steps_per_epoch, training_dataset
@@ -112,8 +107,9 @@ def seed_style_dataset(images, labels, batch_size):
     return generator.flow(images, labels, batch_size=batch_size, seed=0)
 
 
-def main() -> None:
-    config = json.loads(sys.argv[1])
+def model_and_data(config: dict) -> tuple[keras.Model, tf.data.Dataset, int]:
+    """The configured network, compiled as the train stage compiles it, its training data, and
+    its steps per epoch (0: the seed-style generator's own)."""
     tf.keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     n, batch = config["images"], config["batch_size"]
@@ -124,37 +120,30 @@ def main() -> None:
     keras.mixed_precision.set_global_policy(precision_policy(config.get("mixed_precision", "auto")))
     if config.get("deterministic"):  # as the train stage does for train.deterministic
         tf.config.experimental.enable_op_determinism()
-    TRAIN = settings(config.get("network", "seed"), config.get("overrides"))
-    model = build_classifier(TRAIN.model, config.get("classes", 10), stats)
+    train = settings(config.get("network", "seed"), config.get("overrides"))
+    model = build_classifier(train.model, config.get("classes", 10), stats)
     set_whitening(model, images, stats)
-    compile_classifier(model, TRAIN, steps_per_epoch(n, batch))
+    compile_classifier(model, train, steps_per_epoch(n, batch))
     if config.get("jit_compile"):
         model.jit_compile = True
-    if config["pipeline"] == "ours":
-        augment = (
-            TRAIN.augment if config.get("augment", True) else dataclasses.replace(TRAIN.augment, flip=False, shift=0)
-        )
-        data = training_dataset(images, labels, batch, augment, seed=0, fill=stats.mean)
-        if config.get("autotune"):
-            options = tf.data.Options()
-            options.autotune.enabled = True
-            data = data.with_options(options)
-    else:
-        data = seed_style_dataset(images.astype(np.float32), labels, batch)
+    if config["pipeline"] != "ours":
+        return model, seed_style_dataset(images.astype(np.float32), labels, batch), 0
+    augment = train.augment if config.get("augment", True) else dataclasses.replace(train.augment, flip=False, shift=0)
+    data = training_dataset(images, labels, batch, augment, seed=0, fill=stats.mean)
+    if config.get("autotune"):
+        options = tf.data.Options()
+        options.autotune.enabled = True
+        data = data.with_options(options)
+    return model, data, steps_per_epoch(n, batch)
 
-    timer = Timer()
-    start = time.perf_counter()
-    steps = {"steps_per_epoch": steps_per_epoch(n, batch)} if config["pipeline"] == "ours" else {}
-    model.fit(data, epochs=config["epochs"], callbacks=[timer], verbose=0, shuffle=False, **steps)
-    end = time.perf_counter()
 
+def speeds(timer: Timer, end: float, n: int, batch: int) -> dict:
+    """Steady and whole-epoch images per second, and the time lost outside steady batches."""
     # An epoch's wall time runs to the next epoch's start (or fit's return), so a stall while
     # an iterator shuts down is counted where the user pays for it.
     bounds = [*timer.epoch_starts, end]
     walls = [b - a for a, b in itertools.pairwise(bounds)]
     steady_batches = [t for epoch in timer.batch_times[1:] for t in epoch[1:-1]] or timer.batch_times[-1]
-    steady = batch / statistics.median(steady_batches)
-    epoch_wall = n / statistics.median(walls[1:]) if len(walls) > 1 else n / walls[0]
     # Time lost outside steady batches, epoch by epoch (so CPU clock drift across epochs
     # does not count): 1 - (epoch img/s) / (that epoch's median-batch img/s).
     gaps = [
@@ -162,21 +151,35 @@ def main() -> None:
         for wall, times in zip(walls, timer.batch_times, strict=True)
         if times
     ]
-    wall_gap = statistics.median(gaps[1:] or gaps)
+    return {
+        "steady_img_s": batch / statistics.median(steady_batches),
+        "epoch_wall_img_s": n / statistics.median(walls[1:]) if len(walls) > 1 else n / walls[0],
+        "wall_gap": statistics.median(gaps[1:] or gaps),
+        "epoch_walls_s": walls,
+        "first_epoch_overhead_s": walls[0] - statistics.median(walls[1:]) if len(walls) > 1 else None,
+    }
+
+
+def main() -> None:
+    config = json.loads(sys.argv[1])
+    model, data, steps = model_and_data(config)
+    timer = Timer()
+    start = time.perf_counter()
+    fit_steps = {"steps_per_epoch": steps} if steps else {}
+    model.fit(data, epochs=config["epochs"], callbacks=[timer], verbose=0, shuffle=False, **fit_steps)
+    end = time.perf_counter()
+    result = speeds(timer, end, config["images"], config["batch_size"])
     train_flops = 3.0 * forward_flops(model)
     policy = keras.mixed_precision.global_policy().name
     peaks = peak_gflops(bfloat16=policy == "mixed_bfloat16" or cpu_has_fast_bfloat16())
+    steady = result["steady_img_s"]
     result = {
         "config": config,
         "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
-        "dtype_policy": keras.mixed_precision.global_policy().name,
+        "dtype_policy": policy,
         "gpus": len(tf.config.list_physical_devices("GPU")),
         "jit_compile": bool(model.jit_compile),
-        "steady_img_s": steady,
-        "epoch_wall_img_s": epoch_wall,
-        "wall_gap": wall_gap,
-        "epoch_walls_s": walls,
-        "first_epoch_overhead_s": walls[0] - statistics.median(walls[1:]) if len(walls) > 1 else None,
+        **result,
         "fit_return_s": end - start,
         "train_mflop_per_image": train_flops / 1e6,
         "achieved_gflops": steady * train_flops / 1e9,

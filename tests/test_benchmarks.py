@@ -15,10 +15,11 @@ from testkit.project import ROOT, environment
 pytestmark = pytest.mark.e2e
 
 
-def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
-    """A benchmark script at its smoke size: the code paths, not the numbers."""
+def run_benchmark(name: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -m benchmarks.<name>` at its smoke size: the code paths, not the numbers."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        [sys.executable, "-m", f"benchmarks.{name}", *args],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         env=environment(),
@@ -30,7 +31,7 @@ def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_benchmark_smoke_run_writes_markdown_and_json(tmp_path):
-    run_benchmark("run.py", "--smoke", "--out", str(tmp_path))
+    run_benchmark("run", "--smoke", "--out", str(tmp_path))
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["mode"] == "smoke" and data["complete"]
     names = [r["name"] for r in data["training"]]
@@ -52,7 +53,7 @@ def test_benchmark_smoke_run_writes_markdown_and_json(tmp_path):
 
 
 def run_accuracy_benchmark(out, archive, *extra: str) -> subprocess.CompletedProcess:
-    return run_benchmark("accuracy.py", "--quick", "--archive", str(archive), "--out", str(out), *extra)
+    return run_benchmark("accuracy", "--quick", "--archive", str(archive), "--out", str(out), *extra)
 
 
 def test_accuracy_benchmark_quick_run_compares_every_contender_over_seeds(tmp_path, archives):
@@ -98,7 +99,7 @@ def test_full_scale_benchmark_gives_the_seed_contenders_the_fast_recipes_time_an
     """CIFAR-100 (fine labels) at smoke size: the fast recipe for 1 epoch, then the seed recipe
     stopped at the fast run's training time; a second call skips both; results.md has the tables."""
     args = ("--dataset", "cifar100", "--archive", str(archives["cifar100"][0]), "--out", str(tmp_path))
-    first = run_benchmark("full_scale.py", *args, "--only", "fast", "seed", "--seeds", "1", "--epochs", "1")
+    first = run_benchmark("full_scale", *args, "--only", "fast", "seed", "--seeds", "1", "--epochs", "1")
     runs = tmp_path / "cifar100" / "runs"
     fast, seed = (json.loads((runs / f"{name}-seed1.json").read_text()) for name in ("fast", "seed"))
     assert fast["train_params"]["model.kind"] == "airbench" and len(fast["epoch_seconds"]) == 1
@@ -110,14 +111,14 @@ def test_full_scale_benchmark_gives_the_seed_contenders_the_fast_recipes_time_an
     assert fast["label_mode"] == "fine" and fast["images"] == {"train": 900, "val": 100, "test": 100}
     assert all(len(r["epoch_cpu_seconds"]) == len(r["epoch_seconds"]) for r in (fast, seed))
     assert "test accuracy" in first.stdout
-    again = run_benchmark("full_scale.py", *args, "--only", "fast", "seed", "--seeds", "1", "--epochs", "1")
+    again = run_benchmark("full_scale", *args, "--only", "fast", "seed", "--seeds", "1", "--epochs", "1")
     assert again.stdout.count(": done (") == 2 and "test accuracy" not in again.stdout
     report = (tmp_path / "results.md").read_text()
     assert "## cifar100\n" in report and "| fast recipe (its own epochs) | **" in report
     assert "### Time to validation accuracy" in report and "val ≥ 0.7 |" in report
     # Screening: validation only, kept apart from the runs, on the report with the recipe it changes.
     recipe = "train.lookahead=true train.epochs=1"
-    screened = run_benchmark("full_scale.py", *args, "--screen", recipe)
+    screened = run_benchmark("full_scale", *args, "--screen", recipe)
     [screen] = (tmp_path / "cifar100" / "screening").glob("*.json")
     result = json.loads(screen.read_text())
     assert result["train_params"]["lookahead"] is True and "test_accuracy" not in result
@@ -129,20 +130,19 @@ def test_full_scale_benchmark_gives_the_seed_contenders_the_fast_recipes_time_an
 def test_the_readme_and_docs_full_scale_tables_are_the_committed_results():
     """One place for each number: README and docs/accuracy.md copy summary.md, which
     `full_scale.py --render` writes from the committed runs."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from full_scale import compact
+    from benchmarks.full_scale import summary_markdown
 
     out = ROOT / "benchmarks/results/full_scale"
     summary = (out / "summary.md").read_text()
-    assert summary == compact(out)
+    assert summary == summary_markdown(out)
     for document in ("README.md", "docs/accuracy.md"):
         text = (ROOT / document).read_text()
         for table in summary.strip().split("\n\n"):
-            assert table in text, f"{document}: rerun `python benchmarks/full_scale.py --render` and copy summary.md"
+            assert table in text, f"{document}: rerun `python -m benchmarks.full_scale --render` and copy summary.md"
 
 
 def test_step_share_benchmark_smoke_run_reports_the_share_of_the_dtypes_peak(tmp_path):
-    run_benchmark("step_share.py", "--smoke", "--out", str(tmp_path))
+    run_benchmark("step_share", "--smoke", "--out", str(tmp_path))
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert [r["config"]["batch_size"] for r in runs] == [32, 32] and all(r["config"]["network"] == "fast" for r in runs)
     assert all(r["fraction_of_peak"] > 0 and r["achieved_gflops"] > 0 for r in runs)
@@ -150,7 +150,7 @@ def test_step_share_benchmark_smoke_run_reports_the_share_of_the_dtypes_peak(tmp
 
 
 def test_footprint_benchmark_smoke_run_measures_cache_memory_and_speed(tmp_path):
-    run_benchmark("footprint.py", "--smoke", "--out", str(tmp_path))
+    run_benchmark("footprint", "--smoke", "--out", str(tmp_path))
     data = json.loads((tmp_path / "results.json").read_text())
     [variant] = data["variants"]
     assert variant["name"] == "this checkout" and data["images"] == 360
