@@ -11,15 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cifar_pipeline.core import files, stage_runner
-from cifar_pipeline.core.files import MARKER, OutputError, atomic_dir, atomic_file
+from cifar_pipeline.core import stage_runner
+from cifar_pipeline.core.files import MARKER, OutputError, atomic_dir, atomic_file, checked_commits
 from testkit.project import ROOT
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_checks():
-    yield
-    files.clear_commit_checks()
 
 
 def test_a_stage_folder_carries_the_marker_and_can_be_replaced(tmp_path):
@@ -112,47 +106,50 @@ def project_root(tmp_path, monkeypatch):
 
 def test_params_changed_during_the_stage_keep_its_output_back(project_root):
     tmp_path = project_root
-    stage_runner.guard_params("train.py", "cifar10")
-    text = (tmp_path / "params.yaml").read_text()
-    (tmp_path / "params.yaml").write_text(text.replace("learning_rate: recipe", "learning_rate: 1e-4"))
-    changed = r"train.learning_rate 'recipe' -> 0.0001; .*run `dvc repro` again"
-    with pytest.raises(stage_runner.ParamsChanged, match=changed), atomic_dir(tmp_path / "models/cifar10") as tmp:
-        (tmp / "model.keras").write_text("weights")
-    assert not (tmp_path / "models/cifar10").exists()
-    with pytest.raises(stage_runner.ParamsChanged), atomic_file(tmp_path / "plots.csv") as tmp:
+    with checked_commits(stage_runner.params_unchanged("train.py", "cifar10")):
+        text = (tmp_path / "params.yaml").read_text()
+        (tmp_path / "params.yaml").write_text(text.replace("learning_rate: recipe", "learning_rate: 1e-4"))
+        changed = r"train.learning_rate 'recipe' -> 0.0001; .*run `dvc repro` again"
+        with pytest.raises(stage_runner.ParamsChanged, match=changed), atomic_dir(tmp_path / "models/cifar10") as tmp:
+            (tmp / "model.keras").write_text("weights")
+        assert not (tmp_path / "models/cifar10").exists()
+        with pytest.raises(stage_runner.ParamsChanged), atomic_file(tmp_path / "plots.csv") as tmp:
+            tmp.write_text("epoch\n")
+        assert not (tmp_path / "plots.csv").exists()
+        # bookkeeping (checkpoints) is not an output: it is never held back
+        with atomic_file(tmp_path / "state.json", output=False) as tmp:
+            tmp.write_text("{}")
+        assert (tmp_path / "state.json").is_file()
+    with atomic_file(tmp_path / "plots.csv") as tmp:  # the check ends with its block
         tmp.write_text("epoch\n")
-    assert not (tmp_path / "plots.csv").exists()
-    # bookkeeping (checkpoints) is not an output: it is never held back
-    with atomic_file(tmp_path / "state.json", output=False) as tmp:
-        tmp.write_text("{}")
-    assert (tmp_path / "state.json").is_file()
+    assert (tmp_path / "plots.csv").is_file()
 
 
 def test_the_chosen_recipe_edited_during_the_stage_keeps_its_output_back(project_root):
     """dvc.lock records the recipe's values too (dvc.yaml: recipes.yaml's `${recipe}`); another recipe may change."""
     tmp_path = project_root
-    stage_runner.guard_params("train.py", "cifar10")
-    recipe = yaml.safe_load((tmp_path / "params.yaml").read_text())["recipe"]
-    other = next(name for name in yaml.safe_load((tmp_path / "recipes.yaml").read_text()) if name != recipe)
-    recipes = yaml.safe_load((tmp_path / "recipes.yaml").read_text())
-    recipes[other]["epochs"] += 1
-    (tmp_path / "recipes.yaml").write_text(yaml.safe_dump(recipes))
-    with atomic_file(tmp_path / "kept.csv") as tmp:
-        tmp.write_text("epoch\n")
-    assert (tmp_path / "kept.csv").is_file()
-    recipes[recipe]["epochs"] += 1
-    (tmp_path / "recipes.yaml").write_text(yaml.safe_dump(recipes))
-    changed = rf"recipes.yaml:{recipe}.epochs {recipes[recipe]['epochs'] - 1} -> {recipes[recipe]['epochs']}"
-    with pytest.raises(stage_runner.ParamsChanged, match=changed), atomic_file(tmp_path / "plots.csv") as tmp:
-        tmp.write_text("epoch\n")
-    assert not (tmp_path / "plots.csv").exists()
+    with checked_commits(stage_runner.params_unchanged("train.py", "cifar10")):
+        recipe = yaml.safe_load((tmp_path / "params.yaml").read_text())["recipe"]
+        other = next(name for name in yaml.safe_load((tmp_path / "recipes.yaml").read_text()) if name != recipe)
+        recipes = yaml.safe_load((tmp_path / "recipes.yaml").read_text())
+        recipes[other]["epochs"] += 1
+        (tmp_path / "recipes.yaml").write_text(yaml.safe_dump(recipes))
+        with atomic_file(tmp_path / "kept.csv") as tmp:
+            tmp.write_text("epoch\n")
+        assert (tmp_path / "kept.csv").is_file()
+        recipes[recipe]["epochs"] += 1
+        (tmp_path / "recipes.yaml").write_text(yaml.safe_dump(recipes))
+        changed = rf"recipes.yaml:{recipe}.epochs {recipes[recipe]['epochs'] - 1} -> {recipes[recipe]['epochs']}"
+        with pytest.raises(stage_runner.ParamsChanged, match=changed), atomic_file(tmp_path / "plots.csv") as tmp:
+            tmp.write_text("epoch\n")
+        assert not (tmp_path / "plots.csv").exists()
 
 
 def test_params_another_stage_reads_may_change(project_root):
     tmp_path = project_root
-    stage_runner.guard_params("split.py", "cifar10")
-    text = (tmp_path / "params.yaml").read_text()
-    (tmp_path / "params.yaml").write_text(text.replace("epochs: recipe", "epochs: 3"))
-    with atomic_dir(tmp_path / "data/split/cifar10") as tmp:
-        (tmp / "x.npy").write_text("1")
-    assert (tmp_path / "data/split/cifar10/x.npy").is_file()
+    with checked_commits(stage_runner.params_unchanged("split.py", "cifar10")):
+        text = (tmp_path / "params.yaml").read_text()
+        (tmp_path / "params.yaml").write_text(text.replace("epochs: recipe", "epochs: 3"))
+        with atomic_dir(tmp_path / "data/split/cifar10") as tmp:
+            (tmp / "x.npy").write_text("1")
+        assert (tmp_path / "data/split/cifar10/x.npy").is_file()

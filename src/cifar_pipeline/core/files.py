@@ -26,6 +26,7 @@ from cifar_pipeline.core.errors import PipelineError
 MARKER = ".cifar-pipeline-output"
 MARKER_TEXT = "Made by a cifar-pipeline stage; the stage may replace this whole folder when it reruns.\n"
 
+# The checks of the `checked_commits` blocks now open.
 _commit_checks: list[Callable[[], None]] = []
 
 
@@ -33,16 +34,22 @@ class OutputError(PipelineError):
     """An output path is taken by something this pipeline did not make."""
 
 
-def on_commit(check: Callable[[], None]) -> None:
-    """Run `check` before every output is put in place; it raises to keep the output back.
+@contextmanager
+def checked_commits(check: Callable[[], None] | None) -> Iterator[None]:
+    """Within the block, run `check` before any output is put in place; it raises to keep the output back.
 
-    The stage runner uses it to refuse outputs made with params that changed mid-run.
+    The stage runner wraps each stage in one, to refuse outputs made with params that changed
+    mid-run. A block rather than an argument: the writers in every layer would otherwise each
+    carry a check they know nothing about; and nothing outlives the block.
     """
+    if check is None:
+        yield
+        return
     _commit_checks.append(check)
-
-
-def clear_commit_checks() -> None:
-    _commit_checks.clear()
+    try:
+        yield
+    finally:
+        _commit_checks.remove(check)
 
 
 def _before_commit() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cifar_pipeline.core.errors import PipelineError, redact
-from cifar_pipeline.core.files import check_replaceable, on_commit
+from cifar_pipeline.core.files import check_replaceable, checked_commits
 from cifar_pipeline.core.interrupts import catch_interrupts
 from cifar_pipeline.core.params import DEFAULT_PATH, Params, flatten, load_params
 from cifar_pipeline.core.yaml_reader import read_yaml
@@ -53,8 +53,8 @@ def run_stage(
                 )
         for path in outputs(args) if outputs else []:
             check_replaceable(path)
-        guard_params(Path(sys.argv[0]).name, getattr(args, "dataset", None))
-        body(args, params)
+        with checked_commits(params_unchanged(Path(sys.argv[0]).name, getattr(args, "dataset", None))):
+            body(args, params)
     except PipelineError as err:
         print(f"error: {redact(str(err))}", file=sys.stderr)
         sys.exit(2)
@@ -147,15 +147,15 @@ def _values(entries: list[tuple[str, str]], folder: Path = DEFAULT_PATH.parent) 
     return found
 
 
-def guard_params(script: str, item: str | None) -> None:
-    """Before any output is put in place, require the stage's params to be what it started with.
+def params_unchanged(script: str, item: str | None) -> Callable[[], None] | None:
+    """A check, run before any output is put in place, that the stage's params are what it started with.
 
     Otherwise DVC would record in dvc.lock the values in params.yaml when the stage ends,
     not the ones it ran with, and `dvc status` would call a stale output up to date.
     """
     keys = declared_params(script, item)
     if not keys:
-        return
+        return None
     started = _values(keys)
 
     def unchanged() -> None:
@@ -174,4 +174,4 @@ def guard_params(script: str, item: str | None) -> None:
                 f"{' ...' if len(changed) > 5 else ''}; its output was not kept: run `dvc repro` again"
             )
 
-    on_commit(unchanged)
+    return unchanged
