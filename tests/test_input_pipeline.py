@@ -3,7 +3,7 @@ import numpy as np
 from cifar_pipeline.core.params import AugmentParams
 from cifar_pipeline.training.input_pipeline import steps_per_epoch, training_dataset
 
-NO_AUGMENT = AugmentParams(flip=False, shift=0)
+NO_AUGMENT = AugmentParams(flip=False, shift=0, fill="mean")
 
 
 def test_each_epoch_of_the_endless_training_stream_is_one_fresh_permutation():
@@ -32,7 +32,7 @@ def test_shift_fills_the_uncovered_border_with_the_mean_colour():
     """The seed shifted normalised images with zero fill: the training split's mean colour."""
     images = np.full((64, 32, 32, 3), 200, np.uint8)
     fill = (10.0, 20.0, 30.0)
-    shift = AugmentParams(flip=False, shift=4)
+    shift = AugmentParams(flip=False, shift=4, fill="mean")
     x, _ = next(iter(training_dataset(images, np.arange(64), 64, shift, seed=0, fill=fill)))
     pixels = x.numpy().reshape(-1, 3)
     is_image = (pixels == 200).all(axis=1)

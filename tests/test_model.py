@@ -4,14 +4,12 @@ import keras
 import numpy as np
 import pytest
 
-from cifar_pipeline.core.params import ModelParams
 from cifar_pipeline.data.channel_stats import ChannelStats
 from cifar_pipeline.training.model import build_classifier, exportable, patch_whitening, set_whitening
+from testkit.project import seed_params
 
-SEED_MODEL = ModelParams(
-    filters=(32, 64, 128, 256), dropouts=(0.25, 0.35, 0.45, 0.35), dense_units=1024, activation="relu"
-)
-TINY = ModelParams(filters=(4, 8), dropouts=(0.1, 0.1), dense_units=16, activation="relu")
+SEED_MODEL = seed_params().train.model  # the seed recipe's network: 32-64-128-256 filters, 1024 dense units
+TINY = dataclasses.replace(SEED_MODEL, filters=(4, 8), dropouts=(0.1, 0.1), dense_units=16)
 STATS = ChannelStats(mean=(120.0, 110.0, 100.0), std=(60.0, 55.0, 50.0))
 
 

@@ -11,7 +11,7 @@ import difflib
 import re
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, field, fields, is_dataclass
+from dataclasses import field, fields, is_dataclass
 from typing import Any
 
 from cifar_pipeline.core.errors import PipelineError, url_secret
@@ -127,10 +127,11 @@ def list_of(read: Reader, kind: str, allow_empty: bool = False) -> Reader:
     return read_list
 
 
-def declared(read: Reader, default: Any = MISSING) -> Any:
-    """A dataclass field read by `read`; `default` only for code that builds the dataclass itself
-    (params.yaml must still hold the key)."""
-    return field(default=default, metadata={"read": read})
+def declared(read: Reader) -> Any:
+    """A dataclass field read by `read`. No default: params.yaml (or the chosen recipe in
+    recipes.yaml) holds every value, the one place for it; code that needs a variant starts
+    from the loaded params (`dataclasses.replace`)."""
+    return field(metadata={"read": read})
 
 
 Rules = Mapping[type, tuple[Callable[[Any], None], ...]]  # a dataclass -> its cross-field checks

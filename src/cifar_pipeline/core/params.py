@@ -79,15 +79,14 @@ class ModelParams:
     dropouts: tuple[float, ...] = declared(list_of(number(), "numbers"))
     dense_units: int = declared(integer(minimum=1))
     activation: str = declared(choice("relu", "elu", "gelu", "swish"))
-    # The defaults are the seed network's, so code that names only the fields above builds it.
-    kind: str = declared(choice("seed", "airbench"), "seed")
-    widths: tuple[int, ...] = declared(list_of(integer(minimum=1), "integers"), (64, 256, 256))
-    bn_momentum: float = declared(fraction, 0.99)
-    bn_scale: bool = declared(boolean, True)
-    test_views: str = declared(choice("none", "flip", "flip_translate"), "none")
-    # airbench's pieces (docs/networks.md); the defaults leave them out.
-    dirac_init: bool = declared(boolean, False)
-    whiten_bias_epochs: int = declared(integer(minimum=0), 0)
+    kind: str = declared(choice("seed", "airbench"))
+    widths: tuple[int, ...] = declared(list_of(integer(minimum=1), "integers"))
+    bn_momentum: float = declared(fraction)
+    bn_scale: bool = declared(boolean)
+    test_views: str = declared(choice("none", "flip", "flip_translate"))
+    # airbench's pieces (docs/networks.md).
+    dirac_init: bool = declared(boolean)
+    whiten_bias_epochs: int = declared(integer(minimum=0))
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,7 @@ class ScheduleParams:
 class AugmentParams:
     flip: bool = declared(boolean)
     shift: int = declared(integer(minimum=0, maximum=16))
-    fill: str = declared(choice("mean", "reflect"), "mean")
+    fill: str = declared(choice("mean", "reflect"))
 
 
 @dataclass(frozen=True)
@@ -123,12 +122,12 @@ class TrainParams:
     lr_schedule: ScheduleParams
     augment: AugmentParams
     model: ModelParams
-    # airbench's pieces (docs/networks.md); the defaults leave them out.
-    lookahead: bool = declared(boolean, False)
+    # airbench's pieces (docs/networks.md).
+    lookahead: bool = declared(boolean)
     # BatchNormalization biases' rate as a multiple of the others' (airbench: 64); sgd only.
-    bn_bias_lr_scale: float = declared(number(lambda x: x > 0, "> 0"), 1.0)
+    bn_bias_lr_scale: float = declared(number(lambda x: x > 0, "> 0"))
     # TensorFlow's op determinism and float32: two runs of the same params give the same weights.
-    deterministic: bool = declared(boolean, False)
+    deterministic: bool = declared(boolean)
 
 
 @dataclass(frozen=True)
