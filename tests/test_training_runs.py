@@ -27,7 +27,7 @@ from cifar_pipeline.core import interrupts, stage_runner
 from cifar_pipeline.core.errors import PipelineError
 from cifar_pipeline.core.files import write_json
 from cifar_pipeline.core.layout import MODEL_FILE, Classes, Part, Split, load_images, write_split
-from cifar_pipeline.core.params import ModelParams, Params
+from cifar_pipeline.core.params import Params
 from cifar_pipeline.data.channel_stats import ChannelStats
 from cifar_pipeline.tracking import orphans
 from cifar_pipeline.training import final_model, trainer
@@ -63,6 +63,11 @@ class Workspace:
 
 @pytest.fixture
 def setup(tmp_path, monkeypatch) -> Workspace:
+    return workspace(tmp_path, monkeypatch)
+
+
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    """Tiny params, split and statistics in `tmp_path`, made the working folder with its own store."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     rng = np.random.default_rng(0)
@@ -75,7 +80,7 @@ def setup(tmp_path, monkeypatch) -> Workspace:
     write_split(split, Split(*parts, test, Classes([str(i) for i in range(10)], "label")))
     write_json(stats, {"mean": [120.0] * 3, "std": [60.0] * 3})
     params = seed_params()
-    tiny = ModelParams(filters=(4,), dropouts=(0.1,), dense_units=8, activation="relu")
+    tiny = dataclasses.replace(params.train.model, filters=(4,), dropouts=(0.1,), dense_units=8)
     params = dataclasses.replace(
         params, train=dataclasses.replace(params.train, epochs=EPOCHS, batch_size=16, model=tiny)
     )
@@ -236,47 +241,84 @@ def test_a_training_start_ends_runs_whose_process_is_gone_and_leaves_live_ones(s
     assert client.get_run(trained).data.tags[orphans.OWNER_TAG] == orphans.this_process()
 
 
-def test_ctrl_c_marks_the_run_killed_and_the_next_run_continues_it(setup, monkeypatch):
-    tmp = setup.root
-    original = trainer.EpochLogger.on_epoch_end
+@dataclasses.dataclass(frozen=True)
+class Resumed:
+    """A training run Ctrl-C'ed in its third epoch, then run again to the end."""
 
-    def interrupt_at_epoch_3(self, epoch, logs=None):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        original(self, epoch, logs)
+    setup: Workspace
+    killed: object  # the MLflow run right after Ctrl-C
+    killed_steps: list[int]
+    state: dict  # the checkpoint's state.json after Ctrl-C
+    run_id: str  # what the second train() returned
+    client: MlflowClient
+    finished: object  # the same run at the end
+    checkpoints_left: list[Path]
 
-    monkeypatch.setattr(trainer.EpochLogger, "on_epoch_end", interrupt_at_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
-        run_train(setup)
-    client, run = only_run(tmp)
-    assert run.info.status == "KILLED"
-    assert steps(client, run.info.run_id) == [1, 2]
-    state = json.loads(next(CHECKPOINT_ROOT.glob("cifar10-*/state.json")).read_text())
-    assert state["epochs_done"] == 2 and state["run_id"] == run.info.run_id
 
-    monkeypatch.setattr(trainer.EpochLogger, "on_epoch_end", original)
-    assert run_train(setup) == run.info.run_id
-    client, run = only_run(tmp)
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory) -> Resumed:
+    """Shared by the tests of one interrupted-and-resumed run: training it twice is the cost."""
+    tmp = tmp_path_factory.mktemp("resumed")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        setup = workspace(tmp, monkeypatch)
+        original = trainer.EpochLogger.on_epoch_end
+
+        def interrupt_at_epoch_3(self, epoch, logs=None):
+            if epoch == 2:
+                raise KeyboardInterrupt
+            original(self, epoch, logs)
+
+        monkeypatch.setattr(trainer.EpochLogger, "on_epoch_end", interrupt_at_epoch_3)
+        with pytest.raises(KeyboardInterrupt):
+            run_train(setup)
+        client, killed = only_run(tmp)
+        killed_steps = steps(client, killed.info.run_id)
+        state = json.loads(next(CHECKPOINT_ROOT.glob("cifar10-*/state.json")).read_text())
+        monkeypatch.setattr(trainer.EpochLogger, "on_epoch_end", original)
+        run_id = run_train(setup)
+        client, finished = only_run(tmp)
+        left = list(CHECKPOINT_ROOT.glob("*/state.json"))
+        keras.mixed_precision.set_global_policy("float32")
+    return Resumed(setup, killed, killed_steps, state, run_id, client, finished, left)
+
+
+def test_ctrl_c_marks_the_run_killed_and_keeps_its_last_checkpoint(resumed):
+    assert resumed.killed.info.status == "KILLED"
+    assert resumed.killed_steps == [1, 2]
+    assert resumed.state["epochs_done"] == 2 and resumed.state["run_id"] == resumed.killed.info.run_id
+
+
+def test_the_next_run_continues_the_killed_run_to_the_end(resumed):
+    run = resumed.finished
+    assert resumed.run_id == run.info.run_id == resumed.killed.info.run_id
     assert run.info.status == "FINISHED" and run.data.tags["resumed_after_epoch"] == "2"
     for key in ("loss", "val_accuracy", "learning_rate", "epoch_time_s"):
-        assert steps(client, run.info.run_id, key) == [1, 2, 3, 4], key
-    # The schedule lives in the optimizer's saved step count: the resumed epochs continue the
-    # warm-up + cosine where it stopped instead of warming up again.
-    params = setup.params
+        assert steps(resumed.client, run.info.run_id, key) == [1, 2, 3, 4], key
+    assert not resumed.checkpoints_left
+
+
+def test_a_resumed_run_continues_the_learning_rate_schedule_where_it_stopped(resumed):
+    """The schedule lives in the optimizer's saved step count: the resumed epochs continue the
+    warm-up + cosine where it stopped instead of warming up again."""
+    params = resumed.setup.params
     per_epoch = steps_per_epoch(64, params.train.batch_size)
     schedule = learning_rate_schedule(params.train.learning_rate, params.train.lr_schedule, per_epoch, EPOCHS)
     expected = [float(keras.ops.convert_to_numpy(schedule(e * per_epoch - 1))) for e in range(1, EPOCHS + 1)]
-    logged = [m.value for m in client.get_metric_history(run.info.run_id, "learning_rate")]
+    logged = [m.value for m in resumed.client.get_metric_history(resumed.run_id, "learning_rate")]
     assert logged == pytest.approx(expected, rel=1e-5)
-    # Every recipe knob is on the run, under dataset-neutral keys.
-    assert run.data.params["train.optimizer"] == "adam"
-    assert run.data.params["train.lr_schedule.kind"] == "cosine"
-    assert run.data.params["train.lr_schedule.warmup_fraction"] == "0.15"
-    assert run.data.params["train.label_smoothing"] == "0.0" and run.data.params["train.weight_decay"] == "0.0"
-    loss, accuracy = ((tmp / f"{name}.csv").read_text().splitlines() for name in ("loss", "accuracy"))
+
+
+def test_a_resumed_run_has_every_recipe_knob_and_plot_rows_for_every_epoch(resumed):
+    """Every recipe knob is on the run, under dataset-neutral keys; the plot CSVs hold each epoch once."""
+    params = resumed.finished.data.params
+    assert params["train.optimizer"] == "adam"
+    assert params["train.lr_schedule.kind"] == "cosine"
+    assert params["train.lr_schedule.warmup_fraction"] == "0.15"
+    assert params["train.label_smoothing"] == "0.0" and params["train.weight_decay"] == "0.0"
+    root = resumed.setup.root
+    loss, accuracy = ((root / f"{name}.csv").read_text().splitlines() for name in ("loss", "accuracy"))
     assert loss[0] == "epoch,loss,val_loss" and len(loss) == 1 + EPOCHS
     assert accuracy[0] == "epoch,accuracy,val_accuracy,top5_accuracy,val_top5_accuracy" and len(accuracy) == 1 + EPOCHS
-    assert not any(CHECKPOINT_ROOT.glob("*/state.json"))
 
 
 def test_a_kill_between_checkpoint_and_log_is_filled_in_on_resume(setup, monkeypatch):
