@@ -13,7 +13,7 @@ from http_server import ArchiveServer, serve
 from testkit.archives import build_archive
 
 # pyproject.toml runs the suite on two pytest-xdist workers with `--dist loadscope`: each module
-# stays on one worker (the e2e modules share one project, in order) and modules are handed out
+# stays on one worker (the e2e modules share one project each, set up once) and modules are handed out
 # in collection order. Longest first, so no worker is left with a long module at the end.
 LONGEST_FIRST = ("test_pipeline_e2e.py", "test_team.py", "test_benchmarks.py", "test_distribution.py")
 

@@ -1,14 +1,17 @@
 """docs/team.md, for real: two clones, one tracking server, one DVC remote.
 
 The tests start PostgreSQL (pgserver), an S3 endpoint (moto_server) and `mlflow server
---app-name basic-auth` on top of both, a bare git repo as `origin`, and run in order:
-alice's pipeline against the server, killed mid-training and resumed; her queued
-experiments; `dvc push` / `dvc exp push`; bob's clone pulling everything and rerunning
-nothing; then a wrong password, the server down and its database down mid-run.
+--app-name basic-auth` on top of both, and a bare git repo as `origin`. What the story builds
+on is a fixture, made once and shared: alice's pipeline against the server, killed
+mid-training and resumed (`trained`); her queued experiment and `dvc push` / `dvc exp push`
+(`pushed`). The tests check those, then bob's clone pulling everything and rerunning nothing,
+a wrong password, a login inside the tracking URI, the server down and its database down
+mid-run. Each runs alone too (`pytest tests/test_team.py::<name>`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -84,17 +87,33 @@ def steps(team: TeamServers, run_id: str, key: str) -> list[int]:
     return sorted(m["step"] for m in history.get("metrics", []))
 
 
-def test_the_pipeline_logs_to_the_team_server_and_a_killed_training_resumes_its_run(alice, team):
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """alice's first `dvc repro`, SIGKILLed in training while the server froze, then resumed."""
+
+    path: Path
+    killed: dict  # the run as the server held it after the kill
+    output: str  # the resuming `dvc repro`'s output
+
+
+@pytest.fixture(scope="module")
+def trained(alice, team) -> Trained:
     env = as_user(team, "alice")
     proc = start_training(alice, 2, env=env)
     team.mlflow.freeze()  # the training cannot log its next epoch, let alone finish, before the kill
-    os.killpg(proc.pid, signal.SIGKILL)  # dvc and the stage: no chance to end the run
-    proc.wait(timeout=30)
-    team.mlflow.thaw()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # dvc and the stage: no chance to end the run
+        proc.wait(timeout=30)
+    finally:
+        team.mlflow.thaw()
     [killed] = runs(team)
-    assert killed["info"]["status"] == "RUNNING"
-
     output = run(alice, "dvc", "repro", env=env).stdout
+    return Trained(alice, killed, output)
+
+
+def test_the_pipeline_logs_to_the_team_server_and_a_killed_training_resumes_its_run(trained, team):
+    alice, killed, output = trained.path, trained.killed, trained.output
+    assert killed["info"]["status"] == "RUNNING"
     assert f"resuming MLflow run {killed['info']['run_id']}" in output
     found = {tags(r)["dataset"]: r for r in runs(team)}
     assert sorted(found) == list(DATASETS) and found["cifar10"]["info"]["run_id"] == killed["info"]["run_id"]
@@ -131,27 +150,38 @@ def test_a_request_without_a_login_is_refused(team):
         assert refused.value.code == 401
 
 
-def test_queued_experiments_log_to_the_server_and_travel_through_git(alice, team):
-    env = as_user(team, "alice")
+QUEUED = ("team-a",)  # one: test_pipeline_e2e runs two queued at once
+
+
+@pytest.fixture(scope="module")
+def pushed(trained, team) -> Path:
+    """alice commits and pushes the trained project (git and `dvc push`), runs a queued
+    experiment and pushes it (`dvc exp push`)."""
+    alice, env = trained.path, as_user(team, "alice")
     run(alice, "git", "add", "-A")
     run(alice, "git", "commit", "-qm", "trained")
     run(alice, "git", "push", "-q", "origin", "main")
     run(alice, "dvc", "push", env=env)
-    names = ("team-a",)  # one: test_pipeline_e2e runs two queued at once
-    for seed, name in enumerate(names, start=7):
+    for seed, name in enumerate(QUEUED, start=7):
         command = ("dvc", "exp", "run", "--queue", "--name", name, "-S", f"train.seed={seed}", "-S", "train.epochs=1")
         run(alice, *command, "register@cifar10")
-    run_queue(alice, names, env=env)
-    queued = {tags(r).get("dvc_experiment"): r for r in runs(team)}
-    for name in names:
-        assert queued[name]["info"]["status"] == "FINISHED" and steps(team, queued[name]["info"]["run_id"], "loss") == [
-            1
-        ]
-    assert not (alice / "mlflow.db").exists()
+    run_queue(alice, QUEUED, env=env)
     run(alice, "dvc", "exp", "push", "origin", "team-a", env=env)
+    return alice
 
 
-def test_a_teammate_pulls_everything_and_reruns_nothing(alice, team):
+def test_queued_experiments_log_to_the_server_and_travel_through_git(pushed, team):
+    queued = {tags(r).get("dvc_experiment"): r for r in runs(team)}
+    for name in QUEUED:
+        assert queued[name]["info"]["status"] == "FINISHED"
+        assert steps(team, queued[name]["info"]["run_id"], "loss") == [1]
+    assert not (pushed / "mlflow.db").exists()
+    pushed_refs = run(pushed, "git", "ls-remote", "origin").stdout
+    assert "refs/exps/" in pushed_refs and "refs/heads/main" in pushed_refs
+
+
+def test_a_teammate_pulls_everything_and_reruns_nothing(pushed, team):
+    alice = pushed
     bob = alice.parent / "bob"
     run(alice.parent, "git", "clone", "-q", str(alice.parent / "origin.git"), str(bob))
     for key in ("access_key_id", "secret_access_key"):
@@ -176,7 +206,8 @@ def error_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.startswith("error:")]
 
 
-def test_a_wrong_password_is_one_line_and_writes_nothing(alice, team):
+def test_a_wrong_password_is_one_line_and_writes_nothing(trained, team):
+    alice = trained.path
     edit_params(alice, lambda p: p["train"].update(epochs=3))
     failed = run(alice, "dvc", "repro", "train@cifar10", check=False, env=as_user(team, "alice", "not-her-password"))
     assert failed.returncode != 0
