@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -74,9 +75,22 @@ def mend_torn_lock(path: Path) -> None:
     (path / "dvc.lock").unlink()
 
 
-def test_sigkills_in_every_stage_leave_nothing_a_plain_repro_cannot_finish(tmp_path, archives):
+@dataclasses.dataclass(frozen=True)
+class Killed:
+    """A one-dataset project whose `dvc repro` was SIGKILLed in each stage in turn, then finished."""
+
+    path: Path
+    killed: list[str | None]  # where each kill landed (None: that repro finished first)
+    torn: int  # how many kills left dvc.lock torn
+    final: subprocess.CompletedProcess  # the plain `dvc repro` after them
+
+
+@pytest.fixture(scope="module")
+def killed_everywhere(tmp_path_factory, archives) -> Killed:
+    """Shared by both tests: the torn-lock test needs a finished project, and this is one."""
     path = create(
-        tmp_path / "project", {"cifar10": {"url": str(archives["cifar10"][0]), "md5": archives["cifar10"][1]}}
+        tmp_path_factory.mktemp("kills") / "project",
+        {"cifar10": {"url": str(archives["cifar10"][0]), "md5": archives["cifar10"][1]}},
     )
     edit_params(path, lambda p: p.update(datasets=["cifar10"]) or p["train"].update(epochs=EPOCHS))
     moments = random.Random(SEED)  # noqa: S311 (kill moments, not secrets)
@@ -86,10 +100,14 @@ def test_sigkills_in_every_stage_leave_nothing_a_plain_repro_cannot_finish(tmp_p
         if lock_torn(path):
             torn += 1
             mend_torn_lock(path)
+    return Killed(path, killed, torn, run(path, "dvc", "repro", check=False))
+
+
+def test_sigkills_in_every_stage_leave_nothing_a_plain_repro_cannot_finish(killed_everywhere):
+    path, killed, torn, final = dataclasses.astuple(killed_everywhere)
     # Where each kill landed depends on the machine's speed; training's and most others' must be hit.
     assert "train" in killed and len(set(killed) - {None}) >= 4, killed
-
-    final = run(path, "dvc", "repro")
+    assert final.returncode == 0, final.stdout + final.stderr
     assert "Traceback" not in final.stdout + final.stderr, torn
     status = run(path, "dvc", "status").stdout
     assert status.split() == ["register@cifar10:", "always", "changed"], status  # register checks every time
@@ -118,13 +136,11 @@ def test_sigkills_in_every_stage_leave_nothing_a_plain_repro_cannot_finish(tmp_p
     assert len({v.source for v in versions}) == len(versions)  # no model registered twice
 
 
-def test_a_torn_dvc_lock_is_mended_without_retraining(tmp_path, archives):
+def test_a_torn_dvc_lock_is_mended_without_retraining(killed_everywhere):
     """What a kill during DVC's own write of dvc.lock leaves (an empty or cut file), and the
     README's recovery: a plain `dvc repro`, after deleting dvc.lock if DVC refuses it."""
-    archive, md5 = archives["cifar10"]
-    path = create(tmp_path / "project", {"cifar10": {"url": str(archive), "md5": md5}})
-    edit_params(path, lambda p: p.update(datasets=["cifar10"]))
-    run(path, "dvc", "repro")
+    path = killed_everywhere.path  # a finished project (the kills' own one: no second first repro)
+    assert killed_everywhere.final.returncode == 0
     lock = (path / "dvc.lock").read_text()
     registered = (path / "registry/cifar10.json").read_text()
     for cut in (0, len(lock) // 2, lock.index("outs:")):
