@@ -15,7 +15,6 @@ from cifar_pipeline.core.layout import RUN_FILE, load_classes, load_part
 from cifar_pipeline.core.metric_names import TEST_KEYS
 from cifar_pipeline.inference.loading import LoadedModel, load_model
 from cifar_pipeline.tracking import mlflow_datasets, mlflow_models, mlflow_runs, mlflow_store
-from cifar_pipeline.tracking.figures import confusion_matrix
 
 EPSILON = 1e-7  # Keras clips probabilities the same way before taking the log
 
@@ -127,6 +126,9 @@ def evaluate_model(
             mlflow.log_metrics(new, model_id=model_id, dataset=data)
         with mlflow_runs.artifact_writes():
             mlflow.log_dict(per_class, "metrics/per_class_accuracy.json")  # None = no test images
+            # matplotlib only where a figure is drawn: the register stage imports this module too
+            from cifar_pipeline.tracking.figures import confusion_matrix
+
             figure = confusion_matrix(result.confusion, names, f"{dataset}: test confusion matrix")
             mlflow.log_figure(figure, "plots/confusion_matrix.png")
     # Outputs only once the run has ended: a store that fails before then leaves none.
