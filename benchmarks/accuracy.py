@@ -25,7 +25,7 @@ from pathlib import Path
 from benchmarks.accuracy_report import markdown, plot, screening_markdown, summarise
 from benchmarks.common import ROOT, machine
 from benchmarks.recipes import SEED_NETWORK_TUNED
-from benchmarks.runs import prepare, run_one
+from benchmarks.runs import run_one, write_split_folder
 
 SAMPLE = ROOT.parent / "shared" / "data" / "cifar-10-sample-binary.tar.gz"
 
@@ -128,7 +128,7 @@ def main() -> None:
     log_name = "screening-runs.log" if args.screen else "runs.log"
     with tempfile.TemporaryDirectory() as tmp, open(args.out / log_name, "a" if args.screen else "w") as log:
         data = Path(tmp) / "split"
-        images = prepare(args.archive, data, *limits)
+        images = write_split_folder(args.archive, data, *limits)
         for name, contender in chosen.items():
             for seed in seeds:
                 print(f"{name}, seed {seed} ...", flush=True)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from benchmarks.common import ROOT, machine
 from benchmarks.full_scale_report import compact, markdown
-from benchmarks.runs import prepare, run_one
+from benchmarks.runs import run_one, write_split_folder
 from cifar_pipeline.core.datasets import SPECS
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -239,7 +239,9 @@ class Split:
     def prepared(self) -> dict:
         if self.images is None:
             spec = SPECS[self.dataset]
-            self.images = prepare(self.archive, self.folder, self.max_train, self.max_test, spec, self.label_mode)
+            self.images = write_split_folder(
+                self.archive, self.folder, self.max_train, self.max_test, spec, self.label_mode
+            )
         return self.images
 
 

@@ -22,7 +22,7 @@ from cifar_pipeline.data.channel_stats import normalize_dataset
 from cifar_pipeline.data.split import train_val_split
 
 
-def prepare(
+def write_split_folder(
     archive: Path,
     out: Path,
     max_train: int | None,

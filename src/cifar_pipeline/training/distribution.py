@@ -51,7 +51,7 @@ class Distribution:
         with self.strategy.scope() if self.strategy else contextlib.nullcontext():
             yield
 
-    def prepare(self, model) -> None:
+    def patch_for_fit(self, model) -> None:
         """What a model needs before `fit` under this strategy (Keras 3.15's fix: its first-batch
         build fails on replicas of unequal batches, e.g. 128 images over 3 devices, and on workers)."""
         if self.mode in ("mirrored", "multi_worker"):

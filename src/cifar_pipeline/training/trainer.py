@@ -116,7 +116,7 @@ class TrainingSetup:
         return self.distribution.mode != "multi_worker"
 
 
-def prepare(dataset: str, params: Params, split_dir: Path, stats_json: Path, *, chief: bool) -> TrainingSetup:
+def training_setup(dataset: str, params: Params, split_dir: Path, stats_json: Path, *, chief: bool) -> TrainingSetup:
     """The strategy, seeds, data, precision and the classifier (new or from its checkpoint).
 
     `chief`: what the caller is (the train stage, or the worker command); TF_CONFIG must agree.
@@ -153,7 +153,7 @@ def prepare(dataset: str, params: Params, split_dir: Path, stats_json: Path, *, 
                 saved = None
         if classifier is None:
             classifier = new_classifier(settings, len(split.classes.names), stats, split.train.images)
-    distribution.prepare(classifier)
+    distribution.patch_for_fit(classifier)
     return TrainingSetup(
         dataset=dataset,
         params=params,
@@ -167,7 +167,9 @@ def prepare(dataset: str, params: Params, split_dir: Path, stats_json: Path, *, 
     )
 
 
-def fit(setup: TrainingSetup, initial_epoch: int = 0, callbacks: tuple[keras.callbacks.Callback, ...] = ()) -> None:
+def fit_with_strategy(
+    setup: TrainingSetup, initial_epoch: int = 0, callbacks: tuple[keras.callbacks.Callback, ...] = ()
+) -> None:
     """`fit_classifier` under the strategy; on a multi-worker cluster each worker then prints its
     weights' digest (equal on all of them)."""
     distribution = setup.distribution
@@ -250,12 +252,12 @@ def write_outputs(
 def train(
     dataset: str, params: Params, split_dir: Path, stats_json: Path, model_dir: Path, loss_csv: Path, accuracy_csv: Path
 ) -> str:
-    """The train stage (the chief of a multi-worker cluster): prepare, fit inside a tracked run,
+    """The train stage (the chief of a multi-worker cluster): set up, fit inside a tracked run,
     log the exported model, write the outputs; returns the MLflow run id."""
-    setup = prepare(dataset, params, split_dir, stats_json, chief=True)
+    setup = training_setup(dataset, params, split_dir, stats_json, chief=True)
     with tracked_run(setup) as (run_id, state):
         logger = EpochLogger(len(setup.split.train.images), setup.checkpoints if setup.resumable else None, state)
-        fit(setup, state.epochs_done, (logger,))
+        fit_with_strategy(setup, state.epochs_done, (logger,))
         model = export_model(setup.classifier, setup.settings, setup.split.train.examples, setup.stats)
         classes = setup.split.classes
         about = {"names": classes.names, "dataset": dataset, "label_mode": classes.label_mode}
@@ -270,9 +272,9 @@ def train(
 
 
 def train_as_worker(dataset: str, params: Params, split_dir: Path, stats_json: Path) -> None:
-    """A non-chief worker of a multi-worker cluster: the chief's prepare and fit, in step with it;
+    """A non-chief worker of a multi-worker cluster: the chief's set-up and fit, in step with it;
     it logs and writes nothing."""
-    fit(prepare(dataset, params, split_dir, stats_json, chief=False))
+    fit_with_strategy(training_setup(dataset, params, split_dir, stats_json, chief=False))
 
 
 def check_role(distribution: Distribution, chief: bool) -> None:
