@@ -85,9 +85,7 @@ def measure(name: str, code: Path, archive: Path, md5: str, size: dict, work: Pa
     }
 
 
-def report(results: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+def markdown(results: dict) -> str:
     lines = [
         "# Footprint at full CIFAR-10 scale",
         "",
@@ -106,8 +104,7 @@ def report(results: dict, out: Path) -> None:
             f"{r['train_peak_rss_gb']:.2f} GB | {r['last_epoch_img_s']:.0f} |"
         )
     lines += ["", f"Targets: train peak RSS <= {TARGETS['train_peak_rss_gb']} GB; cache growth <= uint8 split."]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,7 +131,10 @@ def main(argv: list[str] | None = None) -> None:
             "epochs": size["epochs"],
             "variants": [measure(name, Path(path).resolve(), archive, md5, size, work) for name, path in variants],
         }
-    report(results, args.out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "results.md").write_text(markdown(results))
+    print(markdown(results))
 
 
 if __name__ == "__main__":

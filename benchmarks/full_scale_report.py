@@ -40,8 +40,8 @@ def markdown(results: dict[str, tuple[Runs, Runs]], contenders: dict[str, dict])
         "# Full-scale accuracy: the recipes on whole dev archives",
         "",
         "Written by `python -m benchmarks.full_scale` after every finished run. Each dataset's dev archive "
-        "(`../shared/data`, real training images only) is split by the split stage's own code "
-        "(val_fraction 0.1, seed 42): 40,500 train / 4,500 validation / 5,000 test images. "
+        "(`../shared/data`, real training images only) is split by the split stage's own code, with "
+        "params.yaml's `split` values (each section says how many images each part holds). "
         "Recipes were chosen on validation accuracy; each run's test images were scored once, "
         "by the exported model (with its test-time views).",
         "",
