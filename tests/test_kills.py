@@ -65,8 +65,10 @@ def repro_killed_in(path: Path, stage: str, delay: float) -> str | None:
 
 def lock_torn(path: Path) -> bool:
     """DVC 3.67 rewrites dvc.lock in place (truncate, then write): a kill in between leaves it
-    torn, and every DVC command refuses the project until it is put back (docs/limits.md)."""
-    return "dvc.lock' validation failed" in run(path, "dvc", "status", check=False).stderr
+    torn, and every DVC command refuses the project until it is put back (docs/limits.md): a cut
+    mid-key is a YAML error ("is invalid"), a cut elsewhere a schema error ("validation failed")."""
+    refused = run(path, "dvc", "status", check=False).stderr
+    return "dvc.lock' validation failed" in refused or "dvc.lock' is invalid" in refused  # schema or YAML error
 
 
 def mend_torn_lock(path: Path) -> None:
