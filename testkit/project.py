@@ -129,7 +129,7 @@ def run_queue(path: Path, names: tuple[str, ...], env: dict[str, str] | None = N
         ]
         if len(ended) == len(names):
             break
-        time.sleep(3)
+        time.sleep(5)  # each `dvc queue status` is a DVC process: ~1 s of CPU the experiments need
     logs = "".join(run(path, "dvc", "queue", "logs", name, check=False).stdout for name in names)
     assert status.count("Success") >= len(names), status + logs
 
