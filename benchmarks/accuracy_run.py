@@ -30,9 +30,9 @@ from cifar_pipeline.core.layout import load_classes, load_part
 from cifar_pipeline.core.params import flatten
 from cifar_pipeline.data.channel_stats import ChannelStats
 from cifar_pipeline.inference.evaluation import evaluate_probabilities
-from cifar_pipeline.training.final_model import export_model
+from cifar_pipeline.training.final_model import build_final_model
 from cifar_pipeline.training.hardware import precision_policy
-from cifar_pipeline.training.model import exportable
+from cifar_pipeline.training.model import without_compile_state
 from cifar_pipeline.training.trainer import fit_classifier, new_classifier
 from cifar_pipeline.training.views import VIEWS, with_test_views
 
@@ -81,15 +81,15 @@ def run_pipeline(config: dict, split: Path, clock: EpochClock) -> tuple[dict, np
     # weight averaging, with BatchNormalization's statistics as training left them: what
     # those two params are chosen by, at no extra training.
     no_views = dataclasses.replace(settings, model=dataclasses.replace(settings.model, test_views="none"))
-    plain = export_model(classifier, no_views, train, stats)
-    # Scored as the evaluate stage does: the exported model's graph (export_model's) on raw uint8 test images.
+    plain = build_final_model(classifier, no_views, train, stats)
+    # Scored as the evaluate stage does: the exported model's graph (build_final_model's) on raw uint8 test images.
     model = with_test_views(plain, settings.model.test_views)
     exported = {f"val_accuracy_views_{views}": accuracy(with_test_views(plain, views), *validation) for views in VIEWS}
     exported["forward_flops"] = forward_flops(classifier)
     exported["test_views"] = len(VIEWS[settings.model.test_views])
     exported["train_params"] = flatten(settings)
     if settings.ema_momentum:
-        exported["val_accuracy_stale_batchnorm"] = accuracy(exportable(classifier), *validation)
+        exported["val_accuracy_stale_batchnorm"] = accuracy(without_compile_state(classifier), *validation)
     if config.get("validation_only"):
         return history.history, None, policy, exported
     probabilities = model.predict(load_part(split, "test", mmap=False).images, batch_size=500, verbose=0)

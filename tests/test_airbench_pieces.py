@@ -138,7 +138,7 @@ def test_lookahead_pulls_the_weights_to_the_slow_copy_every_five_steps():
 
 
 def test_a_fit_with_every_piece_trains_and_its_exported_model_reloads_the_same(tmp_path):
-    from cifar_pipeline.training.final_model import export_model
+    from cifar_pipeline.training.final_model import build_final_model
     from cifar_pipeline.training.trainer import fit_classifier, new_classifier
 
     settings = tiny_settings(
@@ -152,7 +152,7 @@ def test_a_fit_with_every_piece_trains_and_its_exported_model_reloads_the_same(t
     classifier = new_classifier(settings, 10, STATS, IMAGES)
     history = fit_classifier(classifier, settings, (IMAGES, LABELS), (IMAGES[:16], LABELS[:16]), STATS)
     assert np.all(np.isfinite(history.history["loss"]))
-    model = export_model(classifier, settings, (IMAGES, LABELS), STATS)
+    model = build_final_model(classifier, settings, (IMAGES, LABELS), STATS)
     model.save(tmp_path / "model.keras")
     reloaded = keras.saving.load_model(tmp_path / "model.keras")
     np.testing.assert_allclose(reloaded.predict(IMAGES[:4], verbose=0), model.predict(IMAGES[:4], verbose=0), atol=1e-6)

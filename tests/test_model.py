@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cifar_pipeline.data.channel_stats import ChannelStats
-from cifar_pipeline.training.model import build_classifier, exportable, patch_whitening, set_whitening
+from cifar_pipeline.training.model import build_classifier, patch_whitening, set_whitening, without_compile_state
 from testkit.project import seed_params
 
 SEED_MODEL = seed_params().train.model  # the seed recipe's network: 32-64-128-256 filters, 1024 dense units
@@ -42,7 +42,7 @@ def test_exported_model_is_the_trained_graph_without_compile_state(tmp_path):
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     raw = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     expected = model.predict(raw, verbose=0)
-    exported = exportable(model)
+    exported = without_compile_state(model)
     assert not exported.compiled and getattr(exported, "optimizer", None) is None
     assert [layer.name for layer in exported.layers] == [layer.name for layer in model.layers]
     np.testing.assert_allclose(exported.predict(raw, verbose=0), expected, rtol=1e-5, atol=1e-6)
@@ -108,7 +108,7 @@ def test_airbench_model_exports_saves_and_loads_with_plain_keras(tmp_path):
     model = build_classifier(AIRBENCH, 100, STATS)
     raw = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     set_whitening(model, raw, STATS)
-    exported = exportable(model)
+    exported = without_compile_state(model)
     exported.save(tmp_path / "m.keras")
     reloaded = keras.models.load_model(tmp_path / "m.keras")
     expected = model.predict(raw, verbose=0)

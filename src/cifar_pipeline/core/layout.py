@@ -84,7 +84,7 @@ class Part:
 
     @property
     def examples(self) -> tuple[np.ndarray, np.ndarray]:
-        """(images, labels), the pair Keras fits on and `fit_classifier`/`export_model` take."""
+        """(images, labels), the pair Keras fits on and `fit_classifier`/`build_final_model` take."""
         return self.images, self.labels
 
 

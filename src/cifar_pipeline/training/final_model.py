@@ -10,7 +10,7 @@ import tensorflow as tf
 from cifar_pipeline.core.params import TrainParams
 from cifar_pipeline.data.channel_stats import ChannelStats
 from cifar_pipeline.training.input_pipeline import steps_per_epoch, training_dataset
-from cifar_pipeline.training.model import exportable
+from cifar_pipeline.training.model import without_compile_state
 from cifar_pipeline.training.views import with_test_views
 
 REFRESH_BATCHES = 100
@@ -36,13 +36,13 @@ def refresh_batchnorm_statistics(model: keras.Model, batches: tf.data.Dataset, c
             layer.momentum = momentum
 
 
-def export_model(
+def build_final_model(
     classifier: keras.Model, settings: TrainParams, train: tuple[np.ndarray, np.ndarray], stats: ChannelStats
 ) -> keras.Model:
     """What is saved, logged, evaluated and served: the trained classifier without its compile
     state, BatchNormalization statistics remeasured if its weights were averaged, wrapped in
     the params' test-time views."""
-    model = exportable(classifier)
+    model = without_compile_state(classifier)
     if settings.ema_momentum:
         images, labels = train
         batches = training_dataset(images, labels, settings.batch_size, settings.augment, settings.seed, stats.mean)

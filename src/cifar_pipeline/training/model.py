@@ -144,7 +144,7 @@ def dirac_initialise(model: keras.Model) -> None:
             layer.kernel.assign(kernel)
 
 
-def exportable(classifier: keras.Model) -> keras.Model:
+def without_compile_state(classifier: keras.Model) -> keras.Model:
     """The trained model without its training compile state (optimizer, the project's loss class).
 
     Same layers and weights, so the same predictions; it loads with plain Keras or

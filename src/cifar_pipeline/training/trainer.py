@@ -25,7 +25,7 @@ from cifar_pipeline.tracking.logged_model import log_model
 from cifar_pipeline.training.callbacks import EpochLogger, StopWhenInterrupted, diverged
 from cifar_pipeline.training.checkpoint import CheckpointError, Checkpoints, TrainingState, fingerprint
 from cifar_pipeline.training.distribution import Distribution, DistributionError, agree, peers_reported, resolve
-from cifar_pipeline.training.final_model import export_model
+from cifar_pipeline.training.final_model import build_final_model
 from cifar_pipeline.training.hardware import has_gpu, precision_policy
 from cifar_pipeline.training.input_pipeline import evaluation_dataset, steps_per_epoch, training_dataset
 from cifar_pipeline.training.lookahead import Lookahead
@@ -258,7 +258,7 @@ def train(
     with tracked_run(setup) as (run_id, state):
         logger = EpochLogger(len(setup.split.train.images), setup.checkpoints if setup.resumable else None, state)
         fit_with_strategy(setup, state.epochs_done, (logger,))
-        model = export_model(setup.classifier, setup.settings, setup.split.train.examples, setup.stats)
+        model = build_final_model(setup.classifier, setup.settings, setup.split.train.examples, setup.stats)
         classes = setup.split.classes
         about = {"names": classes.names, "dataset": dataset, "label_mode": classes.label_mode}
         with mlflow_runs.artifact_writes():
