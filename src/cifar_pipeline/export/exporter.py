@@ -103,7 +103,7 @@ def export_formats(
     table = {ORIGINAL: original_row(original, model_dir, test.images, read_json(metrics_json))}
     print(_line(dataset, ORIGINAL, table[ORIGINAL], table[ORIGINAL]))
     calibration = calibration_images(split_dir, settings.calibration_images)
-    model = float32_copy(keras.models.load_model(model_dir / MODEL_FILE))
+    model = float32_copy(original.keras_model)
     with atomic_dir(out_dir) as folder:
         shutil.copy2(model_dir / CLASSES_FILE, folder / CLASSES_FILE)  # cifar-predict reads the names beside a file
         for name in settings.formats:

@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +36,9 @@ class ModelLoadError(PipelineError):
 class LoadedModel:
     class_names: list[str]
     predict_fn: Callable[[np.ndarray], np.ndarray]
+    # The Keras model behind `predict_fn` when the source is a `.keras` file (None otherwise): the
+    # export stage converts the very model it timed instead of loading the file a second time.
+    keras_model: Any = None
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities (N, classes) for uint8 images (N, 32, 32, 3)."""
@@ -107,7 +111,7 @@ def _load_keras(path: Path, names: list[str]) -> LoadedModel:
         raise ModelLoadError(
             f"{path} is not a Keras model this package can load ({type(err).__name__}: {err})"
         ) from None
-    return LoadedModel(names, lambda x: model.predict(x, batch_size=PREDICT_BATCH, verbose=0))
+    return LoadedModel(names, lambda x: model.predict(x, batch_size=PREDICT_BATCH, verbose=0), model)
 
 
 def _why_not_loaded(uri: str, err: BaseException) -> str:
