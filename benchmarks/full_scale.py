@@ -213,7 +213,7 @@ def main() -> None:
     ensure_archive(dataset, archive)
     (args.out / args.dataset).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, open(args.out / args.dataset / "runs.log", "a") as log:
-        split = Split(Path(tmp) / "split", archive, dataset, label_mode, args.max_train, args.max_test)
+        split = SharedSplit(Path(tmp) / "split", archive, dataset, label_mode, args.max_train, args.max_test)
         for name, contender, kind in chosen(args):
             folder = runs_dir(args.out, args.dataset, kind)
             folder.mkdir(parents=True, exist_ok=True)
@@ -225,7 +225,7 @@ def main() -> None:
 
 
 @dataclasses.dataclass
-class Split:
+class SharedSplit:
     """The split every run of one invocation shares, prepared on first use."""
 
     folder: Path
@@ -259,7 +259,7 @@ def already_done(path: Path, contender: dict, seed: int, what: str) -> bool:
 
 
 def run_contender(
-    args: argparse.Namespace, name: str, contender: dict, seed: int, split: Split, log, path: Path
+    args: argparse.Namespace, name: str, contender: dict, seed: int, split: SharedSplit, log, path: Path
 ) -> None:
     """One run, written to `path` as soon as it ends."""
     images = split.prepared()
