@@ -14,8 +14,19 @@ from testkit.archives import build_archive
 
 # pyproject.toml runs the suite on two pytest-xdist workers with `--dist loadscope`: each module
 # stays on one worker (the e2e modules share one project each, set up once) and modules are handed out
-# in collection order. Longest first, so no worker is left with a long module at the end.
-LONGEST_FIRST = ("test_pipeline_e2e.py", "test_team.py", "test_benchmarks.py", "test_distribution.py")
+# in collection order, the next one to a worker when its module has two tests left. Longest first
+# (by worker-seconds in a whole run: docs/speed.md), so no worker is left with a long module at the end
+# while the other has finished: the e2e module runs on one worker while the other takes the next four.
+LONGEST_FIRST = (
+    "test_pipeline_e2e.py",
+    "test_team.py",
+    "test_benchmarks.py",
+    "test_distribution.py",
+    "test_training_runs.py",
+    "test_kills.py",
+    "test_registry.py",
+    "test_export.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
