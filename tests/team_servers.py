@@ -34,6 +34,9 @@ S3_KEYS = {
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 START_TIMEOUT_S = 120
+# docs/team.md's server setting: no job runner (a Huey consumer per MLflow GenAI job type,
+# ~20 CPU-seconds per server start, for jobs this pipeline never submits).
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def free_port() -> int:
@@ -181,6 +184,7 @@ class TeamServers:
         server_env = (
             env
             | S3_KEYS
+            | SERVER_ENV
             | {
                 "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
                 "MLFLOW_AUTH_CONFIG_PATH": str(folder / "auth.ini"),

@@ -27,7 +27,7 @@ from cifar_pipeline.registry import lock
 from cifar_pipeline.registry.register import RegistryError, register_model, registered_name
 from cifar_pipeline.tracking import mlflow_datasets, mlflow_runs, mlflow_store
 from cifar_pipeline.tracking.logged_model import log_model
-from team_servers import Service, answers, free_port
+from team_servers import SERVER_ENV, Service, answers, free_port
 from testkit.project import ROOT, environment
 
 CLASSES = [f"c{k}" for k in range(10)]
@@ -320,7 +320,7 @@ def tracking_server(store, monkeypatch):
             "--workers",
             "2",
         ],
-        environment(),
+        environment() | SERVER_ENV,
         store,
     )
     try:
