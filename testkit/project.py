@@ -117,10 +117,22 @@ def stages_run(output: str) -> list[str]:
 
 def run_queue(path: Path, names: tuple[str, ...], env: dict[str, str] | None = None) -> None:
     """`dvc queue start -j 2`, then wait (10 minutes at most) until every experiment in `names` has
-    ended, and assert each succeeded (the queue's status and their logs in the failure)."""
-    run(path, "dvc", "queue", "start", "-j", "2", env=env)
+    ended, and assert each succeeded (the queue's status, the experiments' and workers' logs in the
+    failure).
+
+    `dvc queue start` leaves a dvc-task monitor process per worker that keeps the command's stdout
+    and stderr until its worker exits, so its output goes to a file: with pipes, waiting for the
+    command is waiting for the workers, with no deadline of ours and nothing said when one hangs.
+    A worker that stopped with experiments still queued (DVC's own bug, treeverse/dvc#10562) is
+    started again, as docs/troubleshooting.md tells a user to."""
+    starts, started = 0, 0.0
+    status = ""
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
+        stalled = "Queued" in status and "Worker status: 0 active" in status and time.monotonic() > started + 30
+        if starts == 0 or (stalled and starts < 3):
+            start_queue(path, env)
+            starts, started = starts + 1, time.monotonic()
         status = run(path, "dvc", "queue", "status").stdout
         ended = [
             line
@@ -131,7 +143,28 @@ def run_queue(path: Path, names: tuple[str, ...], env: dict[str, str] | None = N
             break
         time.sleep(5)  # each `dvc queue status` is a DVC process: ~1 s of CPU the experiments need
     logs = "".join(run(path, "dvc", "queue", "logs", name, check=False).stdout for name in names)
-    assert status.count("Success") >= len(names), status + logs
+    workers = "".join(
+        f"\n--- {out.name}\n" + out.read_text(errors="replace")[-4000:]
+        for out in sorted((path / ".dvc/tmp/exps/celery").glob("*.out"))
+    )
+    assert status.count("Success") >= len(names), f"{status}\n{logs}{workers}"
+
+
+def start_queue(path: Path, env: dict[str, str] | None = None) -> None:
+    """`dvc queue start -j 2` with its output in a file (see run_queue)."""
+    log = path / ".dvc/tmp/queue-start.log"
+    log.parent.mkdir(exist_ok=True)
+    with log.open("a") as out:
+        result = subprocess.run(
+            ("dvc", "queue", "start", "-j", "2"),
+            cwd=path,
+            env=environment() | (env or {}),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+        )
+    assert result.returncode == 0, f"dvc queue start exited {result.returncode}\n{log.read_text()}"
 
 
 def start_training(path: Path, epochs_done: int, env: dict[str, str] | None = None) -> subprocess.Popen:
