@@ -126,7 +126,7 @@ def run_queue(path: Path, names: tuple[str, ...], env: dict[str, str] | None = N
     A worker that stopped with experiments still queued (DVC's own bug, treeverse/dvc#10562) is
     started again, as docs/troubleshooting.md tells a user to."""
     starts, started = 0, 0.0
-    status = ""
+    status, ours = "", []
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         stalled = "Queued" in status and "Worker status: 0 active" in status and time.monotonic() > started + 30
@@ -134,12 +134,8 @@ def run_queue(path: Path, names: tuple[str, ...], env: dict[str, str] | None = N
             start_queue(path, env)
             starts, started = starts + 1, time.monotonic()
         status = run(path, "dvc", "queue", "status").stdout
-        ended = [
-            line
-            for line in status.splitlines()
-            if any(n in line for n in names) and ("Success" in line or "Failed" in line)
-        ]
-        if len(ended) == len(names):
+        ours = [line.split() for line in status.splitlines() if set(line.split()) & set(names)]
+        if sum(words[-1] in ("Success", "Failed") for words in ours) == len(names):
             break
         time.sleep(5)  # each `dvc queue status` is a DVC process: ~1 s of CPU the experiments need
     logs = "".join(run(path, "dvc", "queue", "logs", name, check=False).stdout for name in names)
@@ -147,7 +143,7 @@ def run_queue(path: Path, names: tuple[str, ...], env: dict[str, str] | None = N
         f"\n--- {out.name}\n" + out.read_text(errors="replace")[-4000:]
         for out in sorted((path / ".dvc/tmp/exps/celery").glob("*.out"))
     )
-    assert status.count("Success") >= len(names), f"{status}\n{logs}{workers}"
+    assert sum(words[-1] == "Success" for words in ours) == len(names), f"{status}\n{logs}{workers}"
 
 
 def start_queue(path: Path, env: dict[str, str] | None = None) -> None:
