@@ -18,6 +18,7 @@ from cifar_pipeline.core.datasets import IMAGE_SHAPE
 from cifar_pipeline.core.model_size import WHITENING_FILTERS
 from cifar_pipeline.core.params import ModelParams
 from cifar_pipeline.data.channel_stats import ChannelStats
+from cifar_pipeline.training.fast_layers import FastGELU, FusedBatchNormalization, standard_config
 
 WHITENING_LAYER = "whiten"
 HEAD_LAYER = "head"
@@ -28,8 +29,9 @@ CHUNK = 512
 
 
 def batch_norm(params: ModelParams, name: str) -> layers.BatchNormalization:
-    """Keras's BatchNormalization with the params' momentum and scale (Keras's defaults: 0.99, learned)."""
-    return layers.BatchNormalization(momentum=params.bn_momentum, scale=params.bn_scale, name=name)
+    """BatchNormalization with the params' momentum and scale (Keras's defaults: 0.99, learned),
+    trained by the fused kernel; saved as Keras's own layer (`without_compile_state`)."""
+    return FusedBatchNormalization(momentum=params.bn_momentum, scale=params.bn_scale, name=name)
 
 
 def conv_block(x, params: ModelParams, filters: int, dropout: float, index: int):
@@ -46,10 +48,10 @@ def conv_group(x, params: ModelParams, width: int, index: int):
     x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"group{index}_conv1")(x)
     x = layers.MaxPooling2D(name=f"group{index}_pool")(x)
     x = batch_norm(params, f"group{index}_bn1")(x)
-    x = layers.Activation("gelu", name=f"group{index}_gelu1")(x)
+    x = FastGELU(name=f"group{index}_gelu1")(x)
     x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"group{index}_conv2")(x)
     x = batch_norm(params, f"group{index}_bn2")(x)
-    return layers.Activation("gelu", name=f"group{index}_gelu2")(x)
+    return FastGELU(name=f"group{index}_gelu2")(x)
 
 
 def seed_body(x, params: ModelParams):
@@ -67,7 +69,7 @@ def airbench_body(x, params: ModelParams):
     (`variable_rules`) keeps its kernel frozen and trains the bias for those epochs only."""
     trains_bias = params.whiten_bias_epochs > 0
     x = layers.Conv2D(WHITENING_FILTERS, 2, use_bias=trains_bias, trainable=trains_bias, name=WHITENING_LAYER)(x)
-    x = layers.Activation("gelu", name="whiten_gelu")(x)
+    x = FastGELU(name="whiten_gelu")(x)
     for index, width in enumerate(params.widths, start=1):
         x = conv_group(x, params, width, index)
     return layers.GlobalMaxPooling2D(name="pool")(x)
@@ -145,11 +147,13 @@ def dirac_initialise(model: keras.Model) -> None:
 
 
 def without_compile_state(classifier: keras.Model) -> keras.Model:
-    """The trained model without its training compile state (optimizer, the project's loss class).
+    """The trained model without its training compile state (optimizer, the project's loss class),
+    with Keras's own layers in place of the training-time kernels (`fast_layers.standard_config`).
 
     Same layers and weights, so the same predictions; it loads with plain Keras or
     `mlflow.pyfunc` without this package installed.
     """
-    model = keras.Model.from_config(classifier.get_config())  # clone_model would keep the compile state
+    # from_config, not clone_model: clone_model would keep the compile state
+    model = keras.Model.from_config(standard_config(classifier.get_config()))
     model.set_weights(classifier.get_weights())
     return model
