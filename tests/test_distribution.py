@@ -1,6 +1,8 @@
 """`train.distribute` through the real train stage: MirroredStrategy over two logical CPUs.
 
-CIFAR_LOGICAL_CPUS=2 splits the CPU into two devices, as two GPUs would be on a GPU machine.
+CIFAR_LOGICAL_CPUS=2 splits the CPU into two devices, as two GPUs would be on a GPU machine; the
+mirrored project computes in float16 under Keras's loss scaling, as `auto` does on such a machine
+(XLA, its third choice there, is tests/test_gpu_path.py's).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import keras
 import mlflow
@@ -22,7 +25,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cifar_pipeline.core.layout import load_images
-from cifar_pipeline.training import distribution, keras_workaround
+from cifar_pipeline.training import distribution, keras_workaround, trainer
 from testkit.project import create, edit_params, environment, run, start_training
 
 pytestmark = pytest.mark.e2e
@@ -36,7 +39,13 @@ PER_EPOCH = ["loss", "val_loss", "accuracy", "val_top5_accuracy"]
 def project(tmp_path_factory, archives):
     data = {"cifar10": {"url": archives["cifar10"][0].as_uri(), "md5": archives["cifar10"][1]}}
     path = create(tmp_path_factory.mktemp("mirrored") / "project", data)
-    edit_params(path, lambda p: p.update(datasets=["cifar10"]) or p["train"].update(distribute="mirrored", epochs=3))
+    edit_params(
+        path,
+        lambda p: (
+            p.update(datasets=["cifar10"])
+            or p["train"].update(distribute="mirrored", epochs=3, mixed_precision="float16")
+        ),
+    )
     return path
 
 
@@ -60,6 +69,7 @@ def test_mirrored_over_devices_that_do_not_divide_the_batch_trains_one_run_and_a
     client, found = runs(project)
     [r] = [r for r in found if r.info.status == "FINISHED"]
     assert r.data.params["resolved.distribute"] == "mirrored" and r.data.params["resolved.replicas"] == "3"
+    assert r.data.params["resolved.dtype_policy"] == "mixed_float16"
     for key in PER_EPOCH:
         assert [m.step for m in client.get_metric_history(r.info.run_id, key)] == [1, 2, 3], key
     model = keras.models.load_model(project / "models/cifar10/model.keras")  # here: no strategy, one device
@@ -204,6 +214,15 @@ def test_keras_still_needs_the_multi_worker_workaround(tmp_path):
     outputs = [p.communicate(timeout=180)[0] for p in procs]
     assert [p.returncode for p in procs] == [3, 3], outputs
     assert all("PerReplica" in output for output in outputs), outputs
+
+
+def test_xla_over_logical_cpu_devices_is_refused_before_training():
+    """XLA fails inside `fit` when one step spans logical CPU devices; GPUs compile their own."""
+    two = distribution.Distribution("mirrored", SimpleNamespace(num_replicas_in_sync=2))
+    with pytest.raises(trainer.DistributionError, match="XLA cannot compile one step over the 2 logical CPU devices"):
+        trainer.check_xla_devices(two, True, gpu=False)
+    trainer.check_xla_devices(two, True, gpu=True)
+    trainer.check_xla_devices(two, "auto", gpu=False)  # auto is off on a CPU
 
 
 @pytest.mark.parametrize(

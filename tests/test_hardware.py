@@ -14,6 +14,8 @@ from cifar_pipeline.training import hardware
         (True, True, "auto", "mixed_float16"),
         (True, False, True, "mixed_float16"),
         (True, False, False, "float32"),
+        (False, False, "float16", "mixed_float16"),  # the GPU's dtype named on a CPU: the tests' GPU path
+        (True, False, "bfloat16", "mixed_bfloat16"),  # a GPU asked for bfloat16 (no loss scaling)
     ],
 )
 def test_precision_policy_follows_the_hardware(monkeypatch, gpu, bf16_cpu, setting, policy):

@@ -96,7 +96,7 @@ def _with(raw, path, value):
         ("train.model.filters", [8] * 6, r"at most 5 fit"),
         ("train.learning_rate", -1, r"train.learning_rate must be > 0"),
         ("train.jit_compile", "yes", r"train.jit_compile must be auto, true or false, got 'yes'"),
-        ("train.mixed_precision", 1, r"train.mixed_precision must be auto, true or false, got 1"),
+        ("train.mixed_precision", 1, r"train.mixed_precision must be auto, true, false, float16 or bfloat16, got 1"),
         ("split.max_train_images", 1, r"split.max_train_images must be an integer >= 2"),
         ("split.max_train_images", 5, r"max_train_images is 5, but cifar10 \(10 classes\) .* needs at least 95"),
         ("split.max_train_images", 10, r"needs at least 95 for one training and one validation image per class"),
@@ -293,6 +293,10 @@ def test_the_default_network_is_the_seeds_with_keras_defaults():
         (
             {"deterministic": True, "mixed_precision": True},
             "train.deterministic is true, but train.mixed_precision is true; repeatable runs compute in float32",
+        ),
+        (
+            {"deterministic": True, "mixed_precision": "float16"},
+            "train.deterministic is true, but train.mixed_precision is float16; repeatable runs compute in float32",
         ),
     ],
 )

@@ -80,6 +80,33 @@ def test_the_schedule_really_drives_the_optimizer_inside_fit():
     assert ended == pytest.approx([0.1, 0.01, 0.001])
 
 
+def test_the_logged_rate_is_the_inner_optimizers_under_float16_loss_scaling():
+    """A GPU's float16 policy wraps the optimizer in Keras's LossScaleOptimizer, whose own
+    `_learning_rate` is 0.0: the logged rate was then the schedule at the next step."""
+    settings = dataclasses.replace(
+        seed_params().train,
+        epochs=2,
+        learning_rate=0.1,
+        jit_compile=False,
+        lr_schedule=dataclasses.replace(STEP, boundaries=(1,), factor=0.1),
+    )
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3), keras.layers.Softmax(dtype="float32")])
+        compile_classifier(model, settings, steps_per_epoch=2)
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        ended = []
+        probe = keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda e, logs: ended.append(last_step_rate(model.optimizer))
+        )
+        model.fit(
+            np.zeros((4, 2), np.float32), np.zeros(4, np.int32), batch_size=2, epochs=2, verbose=0, callbacks=[probe]
+        )
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert ended == pytest.approx([0.1, 0.01])
+
+
 @pytest.mark.parametrize(
     ("name", "decay", "kind"),
     [

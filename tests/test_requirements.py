@@ -31,3 +31,9 @@ def test_every_declared_dependency_is_pinned_inside_its_range_and_every_pin_decl
         name: (str(req.specifier), locked[name]) for name, req in declared.items() if locked[name] not in req.specifier
     }
     assert outside == {}
+
+
+def test_the_gpu_requirements_are_the_runtime_plus_the_same_tensorflow_with_cuda():
+    lines = [line.strip() for line in (ROOT / "requirements-gpu.txt").read_text().splitlines()]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    assert lines == ["-r requirements.txt", f"tensorflow[and-cuda]=={pins()['tensorflow']}"]

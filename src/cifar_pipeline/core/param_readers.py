@@ -83,6 +83,14 @@ def auto_or_bool(value: Any, where: str) -> str | bool:
     fail(where, f"must be auto, true or false, got {value!r}")
 
 
+def precision(value: Any, where: str) -> str | bool:
+    """`auto_or_bool`, or the compute dtype by name: a GPU may take bfloat16 (no loss scaling),
+    and the tests run the GPU's float16 path on a CPU."""
+    if value in ("auto", "float16", "bfloat16") or isinstance(value, bool):
+        return value
+    fail(where, f"must be auto, true, false, float16 or bfloat16, got {value!r}")
+
+
 def text(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
         fail(where, f"must be a non-empty string, got {value!r}")

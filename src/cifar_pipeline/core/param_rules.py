@@ -48,9 +48,9 @@ def bias_rates_need_sgd(train: TrainParams) -> None:
 
 
 def determinism_needs_float32(train: TrainParams) -> None:
-    if train.deterministic and train.mixed_precision is True:
+    if train.deterministic and train.mixed_precision not in ("auto", False):
         fail(
-            "train.deterministic is true, but train.mixed_precision is true;",
+            f"train.deterministic is true, but train.mixed_precision is {str(train.mixed_precision).lower()};",
             "repeatable runs compute in float32 (bfloat16 and float16 results depend on the CPU or GPU): "
             "set train.mixed_precision to auto (float32 then) or false, or train.deterministic to false",
         )

@@ -41,6 +41,7 @@ from cifar_pipeline.core.param_readers import (
     md5,
     number,
     optional,
+    precision,
     read_section,
     stored_url,
     text,
@@ -117,7 +118,7 @@ class TrainParams:
     # null: train without weight averaging; else the averaging momentum, e.g. 0.99 (~100 steps).
     ema_momentum: float | None = declared(optional(fraction))
     jit_compile: str | bool = declared(auto_or_bool)
-    mixed_precision: str | bool = declared(auto_or_bool)
+    mixed_precision: str | bool = declared(precision)
     distribute: str = declared(choice("auto", "none", "mirrored", "multi_worker"))
     lr_schedule: ScheduleParams
     augment: AugmentParams

@@ -49,7 +49,10 @@ def precision_policy(setting: str | bool) -> str:
 
     `auto` turns mixed precision on only where it was measured to pay: a GPU, or a CPU
     with native bfloat16 instructions. Elsewhere bfloat16 is emulated and far slower.
+    `float16` or `bfloat16` names the compute dtype on any device.
     """
+    if setting in ("float16", "bfloat16"):
+        return f"mixed_{setting}"
     gpu = has_gpu()
     if setting == "auto":
         setting = gpu or cpu_has_fast_bfloat16()

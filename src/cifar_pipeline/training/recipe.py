@@ -159,8 +159,10 @@ def last_step_rate(optimizer: keras.optimizers.Optimizer) -> float:
     """The rate the optimizer used for its latest step (what an epoch ended on).
 
     `optimizer.learning_rate` evaluates a schedule at the *next* step, which at an epoch
-    boundary is already the following epoch's rate.
+    boundary is already the following epoch's rate. Under float16 Keras wraps the optimizer in
+    a LossScaleOptimizer, whose own `_learning_rate` is a placeholder 0.0: read the inner one.
     """
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
     schedule = optimizer._learning_rate  # Keras keeps the schedule object here; the property evaluates it
     if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
         step = max(int(keras.ops.convert_to_numpy(optimizer.iterations)) - 1, 0)

@@ -130,6 +130,7 @@ def training_setup(dataset: str, params: Params, split_dir: Path, stats_json: Pa
             f"train.distribute {distribution.mode}: each needs an image per step; raise the batch size to at least "
             f"{distribution.replicas}, or use fewer devices"
         )
+    check_xla_devices(distribution, settings.jit_compile, has_gpu())
     keras.utils.set_random_seed(settings.seed)
     if settings.deterministic:  # the same ops in the same order on every run; float32 below
         tf.config.experimental.enable_op_determinism()
@@ -275,6 +276,17 @@ def train_as_worker(dataset: str, params: Params, split_dir: Path, stats_json: P
     """A non-chief worker of a multi-worker cluster: the chief's set-up and fit, in step with it;
     it logs and writes nothing."""
     fit_with_strategy(training_setup(dataset, params, split_dir, stats_json, chief=False))
+
+
+def check_xla_devices(distribution: Distribution, jit_compile: str | bool, gpu: bool) -> None:
+    """XLA compiles one step for one CPU: over several logical CPU devices (CIFAR_LOGICAL_CPUS) it
+    fails inside `fit` reading a replica's variable on another device. GPUs each compile their own."""
+    if jit_compile is True and distribution.mode == "mirrored" and distribution.replicas > 1 and not gpu:
+        raise DistributionError(
+            f"train.jit_compile is true, but XLA cannot compile one step over the {distribution.replicas} logical CPU "
+            f"devices of train.distribute {distribution.mode}; set train.jit_compile to auto or false, or "
+            "train.distribute to none"
+        )
 
 
 def check_role(distribution: Distribution, chief: bool) -> None:
