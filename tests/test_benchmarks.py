@@ -172,6 +172,18 @@ def test_step_share_benchmark_smoke_run_reports_the_share_of_the_dtypes_peak(tmp
     assert "| airbench94 recipe, batch 128 |" in (tmp_path / "results.md").read_text()
 
 
+def test_step_profile_smoke_run_groups_the_kernels_and_accounts_them_against_the_roofs(tmp_path):
+    run_benchmark("step_profile", "--smoke", "--out", str(tmp_path))
+    fused, keras_norm = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert fused["steady_img_s"] > 0 and keras_norm["steady_img_s"] > 0
+    # the profile saw the convolutions and which BatchNormalization ran: fused kernels, or Keras's ops
+    assert {"conv forward", "conv backward (weights)", "BatchNorm", "GELU"} <= set(fused["kernel_s_per_step"])
+    assert fused["work_per_step"]["conv forward"]["flops"] > 0 and fused["work_per_step"]["BatchNorm"]["bytes"] > 0
+    assert fused["peak_gflops"] > 0 and fused["bandwidth_gb_s"] > 0
+    text = (tmp_path / "results.md").read_text()
+    assert "| conv backward (weights) |" in text and "**Limit**:" in text
+
+
 def test_footprint_benchmark_smoke_run_measures_cache_memory_and_speed(tmp_path):
     run_benchmark("footprint", "--smoke", "--out", str(tmp_path))
     data = json.loads((tmp_path / "results.json").read_text())
