@@ -32,7 +32,13 @@ from testkit.project import environment
 
 # What each group of kernels computes, tried in order on (kernel type, op name); the first match wins.
 CATEGORIES: dict[str, object] = {
-    "conv backward (weights)": lambda kind, name: "BackpropFilter" in kind,
+    "conv backward (weights)": lambda kind, name: (
+        "BackpropFilter" in kind
+        or (
+            re.search(r"_conv\d", name) is not None
+            and any(op in kind for op in ("MatMul", "Transpose", "Concat", "Pad"))
+        )
+    ),
     "conv backward (input)": lambda kind, name: "BackpropInput" in kind,
     "conv forward": lambda kind, name: "Conv2D" in kind,
     "BatchNorm": lambda kind, name: "BatchNorm" in kind or re.search(r"_bn\d", name) is not None,
@@ -49,16 +55,14 @@ def classify(kind: str, name: str) -> str:
 
 
 # (name, config, environment, cores): one variable changes from the first row at a time.
+FAST = ("batchnorm", "gelu", "conv")
 SETUPS: list[tuple[str, dict, dict[str, str], str | None]] = [
-    ("default step (fused BatchNormalization, XLA GELU)", {}, {}, None),
+    ("default step (fused BatchNormalization, XLA GELU, matmul weight gradients)", {}, {}, None),
     ("Keras's BatchNormalization", {"keras_batchnorm": True}, {}, None),
     ("Keras's GELU", {"keras_gelu": True}, {}, None),
-    (
-        "Keras's BatchNormalization and GELU (the step before issue 41)",
-        {"keras_batchnorm": True, "keras_gelu": True},
-        {},
-        None,
-    ),
+    ("Keras's Conv2D weight gradients", {"keras_conv": True}, {}, None),
+    ("Keras's layers throughout (the step before issue 41)", {f"keras_{name}": True for name in FAST}, {}, None),
+    ("CIFAR-100's head (100 classes)", {"classes": 100}, {}, None),
     ("whole step under XLA (jit_compile: true)", {"jit_compile": True}, {}, None),
     (
         "whole step under XLA, XLA's old CPU runtime (oneDNN convolutions)",
@@ -67,7 +71,7 @@ SETUPS: list[tuple[str, dict, dict[str, str], str | None]] = [
         None,
     ),
     ("one core (taskset -c 0)", {}, {}, "0"),
-    ("two cores, one TensorFlow thread per op (TF_NUM_INTRAOP_THREADS=1)", {}, {"TF_NUM_INTRAOP_THREADS": "1"}, None),
+    ("two cores, one thread per kernel (TF_NUM_INTRAOP_THREADS=1)", {}, {"TF_NUM_INTRAOP_THREADS": "1"}, None),
 ]
 
 

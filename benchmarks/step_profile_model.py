@@ -2,8 +2,8 @@
 measure this machine's roofs, and account each group of kernels' work against them.
 
 Usage: python -m benchmarks.step_profile_model CONFIG_JSON -> prints one `RESULT {json}` line.
-CONFIG keys: batch, steps, widths (smoke runs), jit_compile, keras_batchnorm, keras_gelu (train
-with Keras's own layer instead of the fused kernel), code (the checkout whose src is first on the path).
+CONFIG keys: batch, steps, classes (10), widths (smoke runs), jit_compile, keras_batchnorm, keras_gelu, keras_conv
+(train with Keras's own layer instead of the fast kernel), code (the checkout whose src is first on the path).
 """
 
 from __future__ import annotations
@@ -111,8 +111,8 @@ def layer_work(model: keras.Model, batch: int) -> dict[str, dict[str, float]]:
     return dict(work)
 
 
-def use_kerass_layers(batchnorm: bool, gelu: bool) -> None:
-    """Train with Keras's own BatchNormalization / GELU computation (the step before issue 41)."""
+def use_kerass_layers(batchnorm: bool, gelu: bool, conv: bool) -> None:
+    """Train with Keras's own BatchNormalization / GELU / Conv2D computation (the step before issue 41)."""
     try:
         from cifar_pipeline.training import fast_layers
     except ImportError:  # a checkout from before the fused kernels: Keras's layers already
@@ -121,6 +121,8 @@ def use_kerass_layers(batchnorm: bool, gelu: bool) -> None:
         fast_layers.FusedBatchNormalization.call = keras.layers.BatchNormalization.call
     if gelu:
         fast_layers.FastGELU.call = keras.layers.Activation.call
+    if conv:
+        fast_layers.FastConv2D.convolution_op = keras.layers.Conv2D.convolution_op
 
 
 class StepClock(keras.callbacks.Callback):
@@ -150,7 +152,7 @@ class StepClock(keras.callbacks.Callback):
 def main() -> None:
     config = json.loads(sys.argv[1])
     batch, steps = config["batch"], config["steps"]
-    use_kerass_layers(config.get("keras_batchnorm", False), config.get("keras_gelu", False))
+    use_kerass_layers(*(config.get(f"keras_{name}", False) for name in ("batchnorm", "gelu", "conv")))
     settings = dataclasses.replace(train_settings([]), epochs=3, batch_size=batch)
     if config.get("widths"):
         settings = dataclasses.replace(settings, model=dataclasses.replace(settings.model, widths=config["widths"]))
@@ -159,11 +161,12 @@ def main() -> None:
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch * steps, 32, 32, 3), dtype=np.uint8)
-    labels = rng.integers(0, 10, batch * steps).astype(np.int32)
+    classes = config.get("classes", 10)
+    labels = rng.integers(0, classes, batch * steps).astype(np.int32)
     stats = ChannelStats(mean=(125.0, 123.0, 114.0), std=(63.0, 62.0, 66.0))
     policy = precision_policy(settings.mixed_precision)
     keras.mixed_precision.set_global_policy(policy)
-    model = new_classifier(settings, 10, stats, images)
+    model = new_classifier(settings, classes, stats, images)
     with tempfile.TemporaryDirectory() as logdir:
         clock = StepClock(logdir)
         fit_classifier(model, settings, (images, labels), (images[:batch], labels[:batch]), stats, callbacks=[clock])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cifar_pipeline.training import fast_layers
 from cifar_pipeline.training.fast_layers import FastGELU, FusedBatchNormalization, standard_config
 
 
@@ -91,3 +92,31 @@ def test_a_model_of_fast_layers_saves_as_kerass_layers_with_the_same_predictions
 def test_fast_gelu_refuses_another_activation():
     with pytest.raises(ValueError, match="FastGELU computes gelu only, not 'relu'"):
         FastGELU("relu")
+
+
+@pytest.mark.parametrize("size", [7, 3])
+def test_fast_conv_on_small_maps_has_kerass_gradients(monkeypatch, size):
+    """The kernel's gradient as three matmuls (the path AMX CPUs take) equals Keras's Conv2D's."""
+    monkeypatch.setattr(fast_layers, "matmul_weight_gradient_pays", lambda: True)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        x = tf.cast(tf.random.stateless_normal((16, size, size, 8), seed=(5, 6)), tf.bfloat16)
+        plain = keras.layers.Conv2D(12, 3, padding="same", use_bias=False)
+        fast = fast_layers.FastConv2D(12, 3, padding="same", use_bias=False)
+        plain.build(x.shape)
+        fast.build(x.shape)
+        fast.set_weights(plain.get_weights())
+        assert fast._rows(x)
+        results = []
+        for layer in (plain, fast):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x)
+                loss = tf.reduce_sum(tf.cast(y, tf.float32) * tf.range(12, dtype=tf.float32))
+            results.append((y, *tape.gradient(loss, [x, layer.kernel])))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    for expected, got in zip(*results, strict=True):
+        np.testing.assert_allclose(
+            as_float(got), as_float(expected), rtol=2e-2, atol=2e-2 * float(np.abs(as_float(expected)).max())
+        )

@@ -18,7 +18,7 @@ from cifar_pipeline.core.datasets import IMAGE_SHAPE
 from cifar_pipeline.core.model_size import WHITENING_FILTERS
 from cifar_pipeline.core.params import ModelParams
 from cifar_pipeline.data.channel_stats import ChannelStats
-from cifar_pipeline.training.fast_layers import FastGELU, FusedBatchNormalization, standard_config
+from cifar_pipeline.training.fast_layers import FastConv2D, FastGELU, FusedBatchNormalization, standard_config
 
 WHITENING_LAYER = "whiten"
 HEAD_LAYER = "head"
@@ -45,11 +45,11 @@ def conv_block(x, params: ModelParams, filters: int, dropout: float, index: int)
 
 def conv_group(x, params: ModelParams, width: int, index: int):
     """airbench's unit: conv-maxpool-BN-GELU-conv-BN-GELU; pooling before the first BN halves its cost."""
-    x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"group{index}_conv1")(x)
+    x = FastConv2D(width, 3, padding="same", use_bias=False, name=f"group{index}_conv1")(x)
     x = layers.MaxPooling2D(name=f"group{index}_pool")(x)
     x = batch_norm(params, f"group{index}_bn1")(x)
     x = FastGELU(name=f"group{index}_gelu1")(x)
-    x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"group{index}_conv2")(x)
+    x = FastConv2D(width, 3, padding="same", use_bias=False, name=f"group{index}_conv2")(x)
     x = batch_norm(params, f"group{index}_bn2")(x)
     return FastGELU(name=f"group{index}_gelu2")(x)
 
