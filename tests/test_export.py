@@ -20,7 +20,7 @@ from cifar_pipeline.export import exporter
 from cifar_pipeline.export.convert import CONVERTERS, float32_copy
 from cifar_pipeline.inference import predict
 from cifar_pipeline.inference.loading import ModelLoadError, load_model
-from cifar_pipeline.training.model import HEAD_LAYER
+from cifar_pipeline.training.model import HEAD_LAYER, without_compile_state
 from cifar_pipeline.training.views import with_test_views
 from test_airbench_pieces import model_for, tiny_settings
 
@@ -34,7 +34,8 @@ def folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("export")
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        model = model_for(tiny_settings(model={"test_views": "flip_translate"}))
+        # what the train stage saves: Keras's own layers in place of the training kernels
+        model = without_compile_state(model_for(tiny_settings(model={"test_views": "flip_translate"})))
     finally:
         keras.mixed_precision.set_global_policy("float32")
     head = model.get_layer(HEAD_LAYER)
