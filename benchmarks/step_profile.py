@@ -32,13 +32,7 @@ from testkit.project import environment
 
 # What each group of kernels computes, tried in order on (kernel type, op name); the first match wins.
 CATEGORIES: dict[str, object] = {
-    "conv backward (weights)": lambda kind, name: (
-        "BackpropFilter" in kind
-        or (
-            re.search(r"_conv\d", name) is not None
-            and any(op in kind for op in ("MatMul", "Transpose", "Concat", "Pad"))
-        )
-    ),
+    "conv backward (weights)": lambda kind, name: "BackpropFilter" in kind or "rows_weight_gradient" in name,
     "conv backward (input)": lambda kind, name: "BackpropInput" in kind,
     "conv forward": lambda kind, name: "Conv2D" in kind,
     "BatchNorm": lambda kind, name: "BatchNorm" in kind or re.search(r"_bn\d", name) is not None,
@@ -71,7 +65,12 @@ SETUPS: list[tuple[str, dict, dict[str, str], str | None]] = [
         None,
     ),
     ("one core (taskset -c 0)", {}, {}, "0"),
-    ("two cores, one thread per kernel (TF_NUM_INTRAOP_THREADS=1)", {}, {"TF_NUM_INTRAOP_THREADS": "1"}, None),
+    (
+        "two cores, TensorFlow asked for one thread (TF_NUM_INTEROP_THREADS=1, TF_NUM_INTRAOP_THREADS=1)",
+        {},
+        {"TF_NUM_INTEROP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1"},
+        None,
+    ),
 ]
 
 

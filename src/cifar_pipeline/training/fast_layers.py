@@ -155,7 +155,9 @@ def conv3x3_small_maps(x: tf.Tensor, kernel: tf.Tensor):
         to_input = tf.raw_ops.Conv2DBackpropInput(
             input_sizes=tf.shape(x), filter=kernel, out_backprop=upstream, strides=[1, 1, 1, 1], padding="SAME"
         )
-        return to_input, tf.cast(rows_weight_gradient(x, upstream), kernel.dtype)
+        with tf.name_scope("rows_weight_gradient"):  # names its ops for profiles (benchmarks/step_profile.py)
+            to_kernel = rows_weight_gradient(x, upstream)
+        return to_input, tf.cast(to_kernel, kernel.dtype)
 
     return tf.nn.conv2d(x, kernel, 1, "SAME"), gradient
 
