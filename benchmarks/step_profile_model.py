@@ -28,7 +28,7 @@ from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from benchmarks.recipes import train_settings
 from benchmarks.step_profile import classify
-from benchmarks.train_speed import peak_gflops
+from benchmarks.train_speed import best_seconds, peak_gflops
 from cifar_pipeline.data.channel_stats import ChannelStats
 from cifar_pipeline.training.hardware import precision_policy
 from cifar_pipeline.training.trainer import fit_classifier, new_classifier
@@ -72,14 +72,7 @@ def memory_bandwidth(repeats: int = 5) -> float:
     size (two 32 MB reads, one write: what of them the caches hold counts, as it does in the step)."""
     a = tf.random.uniform((8 * 2**20,))
     b = tf.random.uniform((8 * 2**20,))
-    add = tf.function(lambda: a + b)
-    add().numpy()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        add().numpy()
-        best = min(best, time.perf_counter() - start)
-    return 3 * a.numpy().nbytes / best / 1e9
+    return 3 * a.numpy().nbytes / best_seconds(tf.function(lambda: a + b), repeats) / 1e9
 
 
 def layer_work(model: keras.Model, batch: int) -> dict[str, dict[str, float]]:

@@ -65,14 +65,19 @@ def peak_gflops(repeats: int = 5, bfloat16: bool = True) -> dict[str, float]:
         conv = tf.function(lambda x=x, kernel=kernel: tf.nn.conv2d(x, kernel, 1, "SAME"))
         suffix = "" if dtype == "float32" else f"_{dtype}"
         for name, fn, flops in (("matmul", matmul, 2.0 * 2048**3), ("conv", conv, 2.0 * 128 * 32 * 32 * 9 * 64 * 64)):
-            fn().numpy()
-            best = float("inf")
-            for _ in range(repeats):
-                start = time.perf_counter()
-                fn().numpy()
-                best = min(best, time.perf_counter() - start)
-            results[name + suffix] = flops / best / 1e9
+            results[name + suffix] = flops / best_seconds(fn, repeats) / 1e9
     return results
+
+
+def best_seconds(fn, repeats: int) -> float:
+    """The fastest of `repeats` calls of a tf.function, after one call that traces and warms it."""
+    fn().numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn().numpy()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def peak_for(policy: str, peaks: dict[str, float]) -> float:
