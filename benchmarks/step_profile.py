@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, machine, machine_line, warm_up
+from benchmarks.common import ROOT, machine, machine_line, result_line, warm_up
 from testkit.project import environment
 
 # What each group of kernels computes, tried in order on (kernel type, op name); the first match wins.
@@ -87,10 +87,7 @@ def measure(name: str, config: dict, env: dict[str, str], cores: str | None, cod
     print(f"  {name} ...", flush=True)
     command, base_env = child_command(config | {"code": str(code)}, code, cores)
     out = subprocess.run(command, cwd=ROOT, env=base_env | env, capture_output=True, text=True, check=False)
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    if line is None:
-        raise RuntimeError(f"{name} failed:\n{out.stderr[-3000:]}")
-    return {"name": name, "env": env, "cores": cores, **json.loads(line.removeprefix("RESULT "))}
+    return {"name": name, "env": env, "cores": cores, **result_line(out, name)}
 
 
 def markdown(results: dict) -> str:
