@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "recipes.yaml", ".gitignore", ".dvcignore", "stages", "src"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "recipes.yaml", "sweeps.yaml", ".gitignore", ".dvcignore", "stages", "src"]
 TINY_TRAIN = {
     "epochs": 2,
     "batch_size": 32,

@@ -76,7 +76,13 @@ def test_the_dvc_plots_columns_are_the_metric_names_the_train_stage_writes():
 
 
 def test_the_train_stage_reruns_on_exactly_what_identifies_a_run():
-    """A param that identifies a run (and so its checkpoint and MLflow params) must rerun train."""
-    from cifar_pipeline.core.run_identity import dvc_params
+    """A param that identifies a run (and so its checkpoint and MLflow params) must rerun train:
+    data and split as params, the train values through the recipe stage's resolved file."""
+    from cifar_pipeline.core.run_identity import RECIPE_STAGE_PARAMS, RESOLVED_TRAIN, dvc_params
 
-    assert yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["do"]["params"] == dvc_params()
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert stages["train"]["do"]["params"] == dvc_params()
+    assert RESOLVED_TRAIN in stages["train"]["do"]["deps"]
+    assert stages["recipe"]["do"]["params"] == RECIPE_STAGE_PARAMS
+    assert stages["recipe"]["do"]["outs"] == [RESOLVED_TRAIN]
+    assert "recipes.yaml" in stages["recipe"]["do"]["deps"]

@@ -13,6 +13,7 @@ import yaml
 
 from cifar_pipeline.core import stage_runner
 from cifar_pipeline.core.files import MARKER, OutputError, atomic_dir, atomic_file, checked_commits
+from cifar_pipeline.core.params import ParamsError, check_resolved_train, load_params, write_resolved_train
 from testkit.project import ROOT
 
 
@@ -106,7 +107,7 @@ def project_root(tmp_path, monkeypatch):
 
 def test_params_changed_during_the_stage_keep_its_output_back(project_root):
     tmp_path = project_root
-    with checked_commits(stage_runner.params_unchanged("train.py", "cifar10")):
+    with checked_commits(stage_runner.params_unchanged("recipe.py", "cifar10")):
         text = (tmp_path / "params.yaml").read_text()
         (tmp_path / "params.yaml").write_text(text.replace("learning_rate: recipe", "learning_rate: 1e-4"))
         changed = r"train.learning_rate 'recipe' -> 0.0001; .*run `dvc repro` again"
@@ -125,24 +126,21 @@ def test_params_changed_during_the_stage_keep_its_output_back(project_root):
     assert (tmp_path / "plots.csv").is_file()
 
 
-def test_the_chosen_recipe_edited_during_the_stage_keeps_its_output_back(project_root):
-    """dvc.lock records the recipe's values too (dvc.yaml: recipes.yaml's `${recipe}`); another recipe may change."""
+def test_the_train_stage_refuses_values_the_recipe_stage_did_not_resolve(project_root):
+    """The train stage depends on the recipe stage's file, not on params.yaml's train values: it
+    trains only with the values that file holds, so dvc.lock never pairs it with another model."""
     tmp_path = project_root
-    with checked_commits(stage_runner.params_unchanged("train.py", "cifar10")):
-        recipe = yaml.safe_load((tmp_path / "params.yaml").read_text())["recipe"]
-        other = next(name for name in yaml.safe_load((tmp_path / "recipes.yaml").read_text()) if name != recipe)
-        recipes = yaml.safe_load((tmp_path / "recipes.yaml").read_text())
-        recipes[other]["epochs"] += 1
-        (tmp_path / "recipes.yaml").write_text(yaml.safe_dump(recipes))
-        with atomic_file(tmp_path / "kept.csv") as tmp:
-            tmp.write_text("epoch\n")
-        assert (tmp_path / "kept.csv").is_file()
-        recipes[recipe]["epochs"] += 1
-        (tmp_path / "recipes.yaml").write_text(yaml.safe_dump(recipes))
-        changed = rf"recipes.yaml:{recipe}.epochs {recipes[recipe]['epochs'] - 1} -> {recipes[recipe]['epochs']}"
-        with pytest.raises(stage_runner.ParamsChanged, match=changed), atomic_file(tmp_path / "plots.csv") as tmp:
-            tmp.write_text("epoch\n")
-        assert not (tmp_path / "plots.csv").exists()
+    resolved = tmp_path / "data/recipes/cifar10.json"
+    params = load_params(dataset="cifar10")
+    write_resolved_train(params, "cifar10", resolved)
+    check_resolved_train(params, "cifar10", resolved)
+    recipes = yaml.safe_load((tmp_path / "recipes.yaml").read_text())
+    recipes[params.recipe]["epochs"] += 1
+    (tmp_path / "recipes.yaml").write_text(yaml.safe_dump(recipes))
+    changed = load_params(dataset="cifar10")
+    epochs = rf"train.epochs {params.train.epochs} -> {params.train.epochs + 1}\); run `dvc repro` again"
+    with pytest.raises(ParamsError, match=rf"cifar10's train values changed after the recipe stage .*{epochs}"):
+        check_resolved_train(changed, "cifar10", resolved)
 
 
 def test_params_another_stage_reads_may_change(project_root):

@@ -6,7 +6,7 @@ of surfacing as a shape error an hour into training. Every key must be present:
 `params.yaml` is the single source of truth, and DVC tracks exactly those keys.
 
 A recipe (recipes.yaml) is a named, complete set of `train` values: `recipe` in params.yaml
-names one, and every train key whose value is the word `recipe` takes the recipe's value, so
+names one (or one per dataset), and every train key whose value is the word `recipe` takes the recipe's value, so
 one word picks a recipe while any key written out still overrides it (and `dvc exp run -S
 train.epochs=12` finds the key it needs). What the stages see is the resolved values.
 
@@ -17,6 +17,7 @@ choices); a nested dataclass is a section; rules between fields are named functi
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from ruamel.yaml import YAMLError as _YAMLError
 
 from cifar_pipeline.core import param_rules
 from cifar_pipeline.core.datasets import SPECS
+from cifar_pipeline.core.files import atomic_file, read_json, write_json
 from cifar_pipeline.core.layout import EXPORT_FILES
 from cifar_pipeline.core.param_readers import (
     ParamsError,
@@ -210,13 +212,32 @@ def _data(value: Any, name: str) -> DataParams:
     return read_section(DataParams, value, f"data.{name}", RULES, {"label_mode": choice(*SPECS[name].label_fields)})
 
 
-def _recipe_name(value: Any, recipes: dict[str, Any]) -> str:
+def _recipe_name(value: Any, recipes: dict[str, Any], where: str = "recipe") -> str:
     if not isinstance(value, str) or value not in recipes:
         raise ParamsError(
-            f"params.yaml: recipe {value!r} is not in {RECIPES_FILE}{did_you_mean(value, recipes)}; "
+            f"params.yaml: {where} {value!r} is not in {RECIPES_FILE}{did_you_mean(value, recipes)}; "
             f"choose one of {sorted(recipes)}"
         )
     return value
+
+
+def recipe_names(value: Any, recipes: dict[str, Any], datasets: tuple[str, ...]) -> dict[str, str]:
+    """Each listed dataset's recipe: `recipe` is one name for all, or a mapping dataset -> name."""
+    if not isinstance(value, dict):
+        name = _recipe_name(value, recipes)
+        return dict.fromkeys(datasets, name)
+    for key in value:
+        if key not in SPECS:
+            raise ParamsError(
+                f"params.yaml: recipe names a recipe for unknown dataset {key!r}{did_you_mean(key, SPECS)}; "
+                f"its keys are dataset names from {sorted(SPECS)}"
+            )
+    if missing := [name for name in datasets if name not in value]:
+        raise ParamsError(
+            f"params.yaml: recipe names no recipe for {missing[0]}; add `{missing[0]}: <recipe>` under recipe, "
+            f"or write one name for every dataset (`recipe: airbench94`)"
+        )
+    return {name: _recipe_name(value[name], recipes, f"recipe.{name}") for name in datasets}
 
 
 def resolve_recipe(train: Any, recipe: Any, name: str) -> tuple[Any, tuple[str, ...]]:
@@ -258,52 +279,81 @@ def resolve_recipe(train: Any, recipe: Any, name: str) -> tuple[Any, tuple[str, 
     return merge(train, recipe, "train"), tuple(sorted(overrides))
 
 
-def parse_params(raw: Any, recipes: dict[str, Any] | None = None) -> Params:
-    """The validated params; `recipes` defaults to the recipes file in the working folder."""
+def parse_params(raw: Any, recipes: dict[str, Any] | None = None, dataset: str | None = None) -> Params:
+    """The validated params as `dataset`'s stages see them (its recipe resolved into `train`);
+    every listed dataset's recipe is checked either way. Without `dataset`: the first listed one's.
+    `recipes` defaults to the recipes file in the working folder."""
     top = mapping(raw, "", {f.name for f in fields(Params)} - {"recipe_overrides"})
     recipes = read_recipes(RECIPES_FILE) if recipes is None else recipes
-    recipe = _recipe_name(top["recipe"], recipes)
-    train_raw, overrides = resolve_recipe(top["train"], recipes[recipe], recipe)
     datasets = _dataset_list(top["datasets"])
+    names = recipe_names(top["recipe"], recipes, datasets)
     data_raw = mapping(top["data"], "data", set(SPECS), required=set(datasets))
     data = {name: _data(value, name) for name, value in data_raw.items()}
     split = read_section(SplitParams, top["split"], "split", RULES)
-    train = read_section(TrainParams, train_raw, "train", RULES)
+    trains = {}
     for name in datasets:
+        train_raw, overrides = resolve_recipe(top["train"], recipes[names[name]], names[name])
+        train = read_section(TrainParams, train_raw, "train", RULES)
         classes = SPECS[name].num_classes[data[name].label_mode]
         param_rules.subsample_fits(split, name, classes)
         param_rules.model_fits(train.model, classes)
+        trains[name] = (train, overrides)
+    chosen = dataset if dataset in trains else datasets[0]  # a dataset not listed is refused by `Params.dataset`
     export = read_section(ExportParams, top["export"], "export", RULES)
     register = read_section(RegisterParams, top["register"], "register", RULES)
     return Params(
-        recipe=recipe,
+        recipe=names[chosen],
         datasets=datasets,
         data=data,
         split=split,
-        train=train,
+        train=trains[chosen][0],
         export=export,
         register=register,
-        recipe_overrides=overrides,
+        recipe_overrides=trains[chosen][1],
     )
 
 
-def load_params(path: Path | str = DEFAULT_PATH) -> Params:
-    """Read and validate the whole params file (and its recipes); raise `ParamsError` on the first problem."""
+def load_params(path: Path | str = DEFAULT_PATH, dataset: str | None = None) -> Params:
+    """Read and validate the whole params file (and its recipes) as `dataset`'s stages see it;
+    raise `ParamsError` on the first problem."""
     path = Path(path)
-    raw = _read_file(path, "run from the project root, where params.yaml lives")
-    return parse_params(raw, read_recipes(path.parent / RECIPES_FILE))
+    raw = read_yaml_file(path, "run from the project root, where params.yaml lives")
+    return parse_params(raw, read_recipes(path.parent / RECIPES_FILE), dataset)
+
+
+def write_resolved_train(params: Params, dataset: str, path: Path) -> None:
+    """The recipe stage's output: `dataset`'s resolved train values as dotted keys (sorted JSON,
+    so equal values give an equal file and DVC reruns nothing)."""
+    params.dataset(dataset)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as tmp:
+        write_json(tmp, flatten(params.train, "train."))
+
+
+def check_resolved_train(params: Params, dataset: str, path: Path) -> None:
+    """Refuse to train with values other than those the recipe stage resolved (params.yaml or
+    recipes.yaml edited in between): dvc.lock would record that file for another model."""
+    recorded = read_json(path)
+    ours = json.loads(json.dumps(flatten(params.train, "train.")))
+    if recorded != ours:
+        changed = sorted(k for k in set(recorded) | set(ours) if recorded.get(k) != ours.get(k))
+        key = changed[0]
+        raise ParamsError(
+            f"{dataset}'s train values changed after the recipe stage resolved them ({key} "
+            f"{recorded.get(key)!r} -> {ours.get(key)!r}); run `dvc repro` again"
+        )
 
 
 def read_recipes(path: Path | str) -> dict[str, Any]:
     """recipes.yaml: recipe names, each mapped to its train values."""
     path = Path(path)
-    recipes = _read_file(path, "it holds the named recipes and belongs beside params.yaml (restore it from git)")
+    recipes = read_yaml_file(path, "it holds the named recipes and belongs beside params.yaml (restore it from git)")
     if not isinstance(recipes, dict) or not recipes or not all(isinstance(v, dict) for v in recipes.values()):
         raise ParamsError(f"{path} must map each recipe name to its train values; restore it from git")
     return recipes
 
 
-def _read_file(path: Path, missing: str) -> Any:
+def read_yaml_file(path: Path, missing: str) -> Any:
     try:
         return read_yaml(path.read_text(encoding="utf-8"), str(path))
     except FileNotFoundError:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cifar_pipeline.core.params import RECIPES_FILE, Params, flatten
+from cifar_pipeline.core.params import Params, flatten
 
 # Of a dataset's `data.<d>` fields, the ones that shape the model. Not the url: the same
 # archive (by md5) fetched from another place trains the same model; runs record the url apart.
@@ -58,11 +58,12 @@ def is_recorded(key: str) -> bool:
 
 
 def dvc_params() -> list[Any]:
-    """dvc.yaml's train-stage params for the same keys (`${item}` is the dataset): the recipe's
-    values enter through recipes.yaml, the chosen recipe's only."""
-    return [
-        *(f"data.${{item}}.{field}" for field in DATA_FIELDS),
-        *SECTIONS,
-        "recipe",
-        {RECIPES_FILE: ["${recipe}"]},
-    ]
+    """dvc.yaml's train-stage params for the same keys (`${item}` is the dataset). The train
+    values enter as a file instead (RESOLVED_TRAIN: the recipe stage's output, every `train.*`
+    key resolved), so another recipe, or another dataset's, never reruns a training."""
+    return [*(f"data.${{item}}.{field}" for field in DATA_FIELDS), "split"]
+
+
+# The recipe stage's params and output, which the train stage depends on.
+RECIPE_STAGE_PARAMS = ["recipe", "train"]
+RESOLVED_TRAIN = "data/recipes/${item}.json"

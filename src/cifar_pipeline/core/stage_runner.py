@@ -44,7 +44,7 @@ def run_stage(
     args = parser.parse_args()
     catch_interrupts()
     try:
-        params = load_params()
+        params = load_params(dataset=getattr(args, "dataset", None))
         for path, maker in (inputs(args) if inputs else {}).items():
             if not path.exists():
                 raise PipelineError(

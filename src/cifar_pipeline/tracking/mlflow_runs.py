@@ -20,10 +20,15 @@ from mlflow.entities import Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from cifar_pipeline.core.errors import redact
+from cifar_pipeline.core.errors import PipelineError, redact
 from cifar_pipeline.core.files import naming_errors
 from cifar_pipeline.tracking import orphans
 from cifar_pipeline.tracking.mlflow_store import TrackingError, configure, is_server, no_retries, tracking_uri
+
+
+class RunStopped(PipelineError):
+    """Training stopped on purpose before its end (a sweep's pruner): the run ends KILLED with the
+    reason, not FAILED."""
 
 
 def _end_after_failure(status: RunStatus, failure: str | None = None) -> None:
@@ -86,6 +91,9 @@ def _ending(run_id: str) -> Iterator[None]:
             yield
         except KeyboardInterrupt:
             _end_after_failure(RunStatus.KILLED)
+            raise
+        except RunStopped as err:
+            _end_after_failure(RunStatus.KILLED, redact(str(err)))
             raise
         except BaseException as err:
             _end_after_failure(RunStatus.FAILED, redact(f"{type(err).__name__}: {err}"))
@@ -154,8 +162,11 @@ def recipe_digest(params: dict[str, Any]) -> str:
 
 
 @contextmanager
-def training_run(dataset: str, params: dict[str, Any], resume_id: str | None = None) -> Iterator[tuple[str, bool]]:
-    """Yield (run id, resumed): the interrupted run `resume_id` if the store still has it, else a new run."""
+def training_run(
+    dataset: str, params: dict[str, Any], resume_id: str | None = None, tags: dict[str, str] | None = None
+) -> Iterator[tuple[str, bool]]:
+    """Yield (run id, resumed): the interrupted run `resume_id` if the store still has it, else a
+    new run with `tags` besides the usual ones (a sweep trial's parent and number)."""
     experiment_id = configure()
     _sample_system_metrics("train")
     if resume_id and _exists(resume_id):
@@ -163,7 +174,7 @@ def training_run(dataset: str, params: dict[str, Any], resume_id: str | None = N
         resumed = True
     else:
         params = {key: redact(value) if isinstance(value, str) else value for key, value in params.items()}
-        tags = {**run_tags(dataset), "recipe": recipe_digest(params)}
+        tags = {**run_tags(dataset), "recipe": recipe_digest(params), **(tags or {})}
         run = mlflow.start_run(
             experiment_id=experiment_id, run_name=run_name(dataset), tags=tags, log_system_metrics=True
         )

@@ -13,6 +13,7 @@ import mlflow
 import numpy as np
 import tensorflow as tf
 
+from cifar_pipeline.core import sweep_trial
 from cifar_pipeline.core.files import atomic_dir, write_csv, write_json
 from cifar_pipeline.core.layout import CLASSES_FILE, MODEL_FILE, RUN_FILE, Split, load_split
 from cifar_pipeline.core.metric_names import ACCURACY_KEYS, LOSS_KEYS
@@ -31,6 +32,7 @@ from cifar_pipeline.training.input_pipeline import evaluation_dataset, steps_per
 from cifar_pipeline.training.lookahead import Lookahead
 from cifar_pipeline.training.model import build_classifier, dirac_initialise, set_whitening
 from cifar_pipeline.training.recipe import compile_classifier
+from cifar_pipeline.training.trial_reporting import ReportToStudy
 
 
 def new_classifier(
@@ -215,10 +217,9 @@ def tracked_run(setup: TrainingSetup) -> Iterator[tuple[str, TrainingState]]:
     """The chief's MLflow run, new or resumed from the checkpoint, with what it already holds:
     the run id and the training state the epochs are added to."""
     saved, dataset = setup.saved, setup.dataset
-    with mlflow_runs.training_run(dataset, run_params(setup), resume_id=saved.run_id if saved else None) as (
-        run_id,
-        resumed,
-    ):
+    with mlflow_runs.training_run(
+        dataset, run_params(setup), resume_id=saved.run_id if saved else None, tags=sweep_trial.run_tags(dataset)
+    ) as (run_id, resumed):
         if resumed:
             print(f"{dataset}: resuming MLflow run {run_id} after epoch {saved.epochs_done} of {setup.settings.epochs}")
             state = saved
@@ -258,7 +259,13 @@ def train(
     setup = training_setup(dataset, params, split_dir, stats_json, chief=True)
     with tracked_run(setup) as (run_id, state):
         logger = EpochLogger(len(setup.split.train.images), setup.checkpoints if setup.resumable else None, state)
-        fit_with_strategy(setup, state.epochs_done, (logger,))
+        trial = sweep_trial.for_dataset(dataset)
+        reporting = (ReportToStudy(trial, run_id),) if trial else ()
+        try:
+            fit_with_strategy(setup, state.epochs_done, (logger, *reporting))
+        except mlflow_runs.RunStopped:
+            setup.checkpoints.clear()  # stopped on purpose: nothing to resume
+            raise
         model = build_final_model(setup.classifier, setup.settings, setup.split.train.examples, setup.stats)
         classes = setup.split.classes
         about = {"names": classes.names, "dataset": dataset, "label_mode": classes.label_mode}
