@@ -79,6 +79,8 @@ def create(
     dest.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
         source = code / name
+        if not source.exists():  # an older checkout (a benchmark's baseline) may lack sweeps.yaml
+            continue
         if source.is_dir():
             shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:

@@ -75,6 +75,29 @@ def test_an_unknown_recipe_is_one_line_with_the_choices(raw):
         parse_params(with_recipe(raw, "fsat"), RECIPES)
 
 
+def test_params_may_name_a_recipe_per_dataset(raw):
+    """`recipe: {cifar10: ..., cifar100: ...}`: each dataset's stages see their own recipe resolved."""
+    per_dataset = with_recipe(raw, {"cifar10": "airbench94", "cifar100": "fast"})
+    for dataset, name in (("cifar10", "airbench94"), ("cifar100", "fast")):
+        params = parse_params(per_dataset, RECIPES, dataset)
+        assert params.recipe == name
+        assert leaves(RECIPES[name]).items() <= leaves(params.train).items()
+        assert recorded_params(params, dataset)["recipe"] == name
+
+
+@pytest.mark.parametrize(
+    ("recipe", "message"),
+    [
+        ({"cifar10": "fast"}, r"recipe names no recipe for cifar100; add `cifar100: <recipe>` under recipe"),
+        ({"cifar10": "fast", "cifar100": "fats"}, r"recipe.cifar100 'fats' is not in recipes.yaml \(did you mean"),
+        ({"cifar10": "fast", "cifar100": "fast", "cifar1000": "fast"}, r"unknown dataset 'cifar1000'"),
+    ],
+)
+def test_a_bad_recipe_per_dataset_is_one_line(raw, recipe, message):
+    with pytest.raises(ParamsError, match=message):
+        parse_params(with_recipe(raw, recipe), RECIPES)
+
+
 def test_a_value_the_recipe_lacks_names_the_key_and_both_fixes(raw):
     recipes = copy.deepcopy(RECIPES)
     del recipes["fast"]["lr_schedule"]["warmup_fraction"]

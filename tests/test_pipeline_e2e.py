@@ -76,7 +76,7 @@ def test_first_repro_runs_every_stage_and_writes_every_output(project):
         ["check_params"]
         + [
             f"{stage}@{d}"
-            for stage in ("download", "split", "normalize", "train", "evaluate", "export", "register")
+            for stage in ("recipe", "download", "split", "normalize", "train", "evaluate", "export", "register")
             for d in DATASETS
         ]
     )
@@ -505,7 +505,7 @@ def test_changing_epochs_reruns_only_train_and_evaluate(project):
     edit_params(path, lambda p: (p["train"].update(epochs=3), p["export"].update(formats=["litert_int8"])))
     ran = stages_run(run(path, "dvc", "repro").stdout)
     assert sorted(ran) == sorted(
-        f"{stage}@{d}" for stage in ("train", "evaluate", "export", "register") for d in DATASETS
+        f"{stage}@{d}" for stage in ("recipe", "train", "evaluate", "export", "register") for d in DATASETS
     )
     assert set(json.loads((path / "metrics/export/cifar10.json").read_text())) == {"keras", "litert_int8"}
     c = client(path)
@@ -524,25 +524,30 @@ def test_changing_epochs_reruns_only_train_and_evaluate(project):
 
 
 def test_only_the_chosen_recipes_values_rerun_training_and_a_grid_is_one_queued_command(project):
-    """dvc.yaml tracks recipes.yaml's `${recipe}` only: editing another recipe leaves every stage
-    up to date, editing the chosen one puts both train stages out of date. Recipes x seeds is one
-    `dvc exp run --queue` (queued here, not run)."""
+    """The recipe stages resolve each dataset's train values; training depends on those only:
+    editing another recipe, or naming the same values per dataset, reruns the recipe stages and
+    no training; editing the chosen recipe puts both train stages out of date. Recipes x seeds
+    is one `dvc exp run --queue` (queued here, not run)."""
     path, _ = project
-    recipes_file = path / "recipes.yaml"
-    original = recipes_file.read_text()
+    recipes_file, params_file = path / "recipes.yaml", path / "params.yaml"
+    original, original_params = recipes_file.read_text(), params_file.read_text()
     recipes = yaml.safe_load(original)
+    resolve = ("recipe@cifar10", "recipe@cifar100")
     try:
         recipes["fast"]["epochs"] += 1  # the test project's recipe is seed
         recipes_file.write_text(yaml.safe_dump(recipes))
-        status = json.loads(run(path, "dvc", "status", "--json").stdout)
-        assert not [stage for stage in status if not stage.startswith("register@")], status
+        edit_params(path, lambda p: p.update(recipe={"cifar10": "seed", "cifar100": "seed"}))
+        assert sorted(stages_run(run(path, "dvc", "repro").stdout)) == sorted([*resolve, *REGISTERS])
         recipes["seed"]["learning_rate"] /= 2
         recipes_file.write_text(yaml.safe_dump(recipes))
+        run(path, "dvc", "repro", *resolve)
         status = json.loads(run(path, "dvc", "status", "--json").stdout)
         assert {f"train@{d}" for d in DATASETS} <= set(status)
         assert "evaluate@cifar10" not in status  # it reads the model, not the params
     finally:
         recipes_file.write_text(original)
+        params_file.write_text(original_params)
+        run(path, "dvc", "repro", *resolve)  # the files the trained models were trained with, again
     run(path, "git", "add", "-A")
     run(path, "git", "commit", "-qm", "state before the grid")
     grid = ("-S", "recipe=seed,fast", "-S", "train.seed=1,2")

@@ -223,3 +223,18 @@ def test_workers_share_a_study_a_killed_one_fails_its_trial_and_pruned_trials_le
     for number in pruned:
         assert (children[number].info.status, children[number].data.tags["state"]) == ("KILLED", "pruned")
         assert [m.step for m in client.get_metric_history(children[number].info.run_id, "val_accuracy")] == [1]
+
+    # A new study of the same sweep (another storage) would collide with e2e-0: refused up front.
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    refused = sweep_command(path, "e2e", "--storage", other, check=False)
+    assert refused.returncode == 2 and "already hold the names of this study's next trials (e2e-0)" in refused.stderr
+
+    # The benchmark that records a sweep reads the same study and runs.
+    from benchmarks.sweep_record import record
+
+    data = record(path, "e2e", storage, tmp_path / "record")
+    by_trial = {row["trial"]: row for row in data["trials"]}
+    assert by_trial[0]["state"] == "complete" and len(by_trial[0]["curve"]) == 2
+    assert [by_trial[n]["state"] for n in pruned] == ["pruned", "pruned"]
+    assert "| 0 | complete |" in (tmp_path / "record/record.md").read_text()
+    assert (tmp_path / "record/curves.png").stat().st_size > 0

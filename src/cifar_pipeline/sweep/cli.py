@@ -13,7 +13,7 @@ from cifar_pipeline.core.interrupts import catch_interrupts
 from cifar_pipeline.sweep.report import best_report
 from cifar_pipeline.sweep.spec import SweepError, read_sweep
 from cifar_pipeline.sweep.study import open_storage, open_study, storage_url
-from cifar_pipeline.sweep.trials import Worker, counted
+from cifar_pipeline.sweep.trials import Worker, check_names_are_free, counted
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     catch_interrupts()
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its own lines repeat ours, with every value
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # its lines repeat ours, with every value and a traceback
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     root = Path.cwd()
     try:
@@ -49,6 +49,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.best:
             print(best_report(sweep, optuna.load_study(study_name=sweep.name, storage=storage), raw_params, recipes))
             return
+        existing = sweep.name in optuna.get_all_study_names(storage)
+        check_names_are_free(
+            sweep, root, len(optuna.load_study(study_name=sweep.name, storage=storage).trials) if existing else 0
+        )
         study, parent = open_study(sweep, storage, url)
         ran = Worker(sweep, study, parent, url, root).run(args.trials)
         print(f"sweep {sweep.name}: this worker ran {ran} trials; the study has {counted(study)} of {sweep.trials}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import signal
 import subprocess
 import time
@@ -21,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from cifar_pipeline.core import sweep_trial
 from cifar_pipeline.core.errors import PipelineError, redact
 from cifar_pipeline.core.sweep_trial import PRUNED_ATTR, RUN_ATTR, STATE_TAG, SweepTrial
-from cifar_pipeline.sweep.spec import Sweep, decode, override
+from cifar_pipeline.sweep.spec import Sweep, SweepError, decode, override
 from cifar_pipeline.sweep.study import SWEEPS_DIR
 
 # A worker whose trials fail this many times in a row stops: the cause is not the trial's values.
@@ -55,6 +56,26 @@ def _stop_children() -> None:
     for child in children:
         child.terminate()
     psutil.wait_procs(children, timeout=30)
+
+
+def check_names_are_free(sweep: Sweep, root: Path, next_number: int) -> None:
+    """Refuse to start when DVC experiments of this commit already hold names the study's next
+    trials (`next_number` on) will take (its study was deleted, or another storage named): DVC
+    would refuse each of those trials."""
+    listed = subprocess.run(["dvc", "exp", "list", "--name-only"], cwd=root, capture_output=True, text=True)
+    pattern = re.compile(rf"{re.escape(sweep.name)}-(\d+)")
+    taken = sorted(
+        name
+        for name in listed.stdout.split()
+        if (found := pattern.fullmatch(name)) and int(found.group(1)) >= next_number
+    )
+    if taken:
+        names = " ".join(taken[:3]) + (" ..." if len(taken) > 3 else "")
+        raise SweepError(
+            f"DVC experiments of this commit already hold the names of this study's next trials ({names}), "
+            f"from an earlier study of sweep {sweep.name}: remove them (`dvc exp remove {names}`), "
+            "or rename the sweep"
+        )
 
 
 def set_state(run_id: str | None, state: str) -> None:
