@@ -7,7 +7,8 @@ Named recipes live in recipes.yaml only; a contender names one (`recipe=fast`).
 from __future__ import annotations
 
 from benchmarks.common import ROOT
-from cifar_pipeline.core.params import RECIPES_FILE, TrainParams, parse_params, read_recipes
+from cifar_pipeline.core.params import TrainParams, parse_params
+from cifar_pipeline.core.recipes import RECIPES_FILE, read_recipes
 from cifar_pipeline.core.yaml_reader import read_yaml
 
 # The seed network with params-only changes chosen on validation (issue 7's screening): a

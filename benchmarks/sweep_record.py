@@ -96,13 +96,15 @@ def curves_figure(rows: list[dict], metric: str, path: Path) -> None:
     plt.close(figure)
 
 
-def record(project: Path, name: str, storage: str | None, out: Path) -> dict:
+def record(project: Path, name: str, storage: str | None, out: Path, tracking_uri: str | None = None) -> dict:
+    """`tracking_uri`: the MLflow store the trials logged to (default: MLFLOW_TRACKING_URI, else
+    the project's mlflow.db)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sweep, _, _ = read_sweep(name, project)
     study = optuna.load_study(study_name=name, storage=storage or default_storage(project))
-    client = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project / 'mlflow.db'}")
     rows = trial_rows(study, client, sweep.metric)
     host = machine()
     wall = sum(row["minutes"] or 0 for row in rows) / 60

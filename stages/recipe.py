@@ -8,7 +8,7 @@ edit (it takes a second) and refuses a bad recipe before DVC touches the train s
 
 from pathlib import Path
 
-from cifar_pipeline.core.params import write_resolved_train
+from cifar_pipeline.core.resolved_train import write_resolved_train
 from cifar_pipeline.core.stage_runner import run_stage
 
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from cifar_pipeline.core.params import check_resolved_train
+from cifar_pipeline.core.resolved_train import check_resolved_train
 from cifar_pipeline.core.stage_runner import run_stage
 from cifar_pipeline.training.trainer import train
 

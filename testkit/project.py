@@ -28,7 +28,8 @@ TINY_EXPORT = {"formats": [], "calibration_images": 16}
 def seed_params():
     """The project's params.yaml with the seed recipe chosen: what tests of the seed network's
     values start from, whatever the project's default recipe is."""
-    from cifar_pipeline.core.params import RECIPES_FILE, parse_params, read_recipes
+    from cifar_pipeline.core.params import parse_params
+    from cifar_pipeline.core.recipes import RECIPES_FILE, read_recipes
     from cifar_pipeline.core.yaml_reader import read_yaml
 
     raw = read_yaml((ROOT / "params.yaml").read_text())

@@ -17,6 +17,7 @@ BELOW = {
     "inference": {"core", "tracking"},
     "registry": {"core", "tracking", "inference"},
     "export": {"core", "tracking", "inference"},
+    "sweep": {"core", "tracking"},  # runs training as DVC experiments, never imports it
 }
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cifar_pipeline.core.params import FROM_RECIPE, ParamsError, flatten, load_params, parse_params, read_recipes
+from cifar_pipeline.core.params import ParamsError, flatten, load_params, parse_params
+from cifar_pipeline.core.recipes import FROM_RECIPE, read_recipes
 from cifar_pipeline.core.run_identity import recorded_params, run_identity
 
 ROOT = Path(__file__).resolve().parents[1]

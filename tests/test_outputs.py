@@ -13,7 +13,8 @@ import yaml
 
 from cifar_pipeline.core import stage_runner
 from cifar_pipeline.core.files import MARKER, OutputError, atomic_dir, atomic_file, checked_commits
-from cifar_pipeline.core.params import ParamsError, check_resolved_train, load_params, write_resolved_train
+from cifar_pipeline.core.params import ParamsError, load_params
+from cifar_pipeline.core.resolved_train import check_resolved_train, write_resolved_train
 from testkit.project import ROOT
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cifar_pipeline.core.params import read_recipes
+from cifar_pipeline.core.recipes import read_recipes
 from cifar_pipeline.core.yaml_reader import read_yaml
 from cifar_pipeline.sweep.spec import SweepError, parse_sweep
 from team_servers import Postgres
@@ -232,7 +232,7 @@ def test_workers_share_a_study_a_killed_one_fails_its_trial_and_pruned_trials_le
     # The benchmark that records a sweep reads the same study and runs.
     from benchmarks.sweep_record import record
 
-    data = record(path, "e2e", storage, tmp_path / "record")
+    data = record(path, "e2e", storage, tmp_path / "record", f"sqlite:///{path / 'mlflow.db'}")
     by_trial = {row["trial"]: row for row in data["trials"]}
     assert by_trial[0]["state"] == "complete" and len(by_trial[0]["curve"]) == 2
     assert [by_trial[n]["state"] for n in pruned] == ["pruned", "pruned"]

@@ -17,16 +17,12 @@ choices); a nested dataclass is a section; rules between fields are named functi
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAMLError as _YAMLError
-
 from cifar_pipeline.core import param_rules
 from cifar_pipeline.core.datasets import SPECS
-from cifar_pipeline.core.files import atomic_file, read_json, write_json
 from cifar_pipeline.core.layout import EXPORT_FILES
 from cifar_pipeline.core.param_readers import (
     ParamsError,
@@ -48,11 +44,10 @@ from cifar_pipeline.core.param_readers import (
     stored_url,
     text,
 )
-from cifar_pipeline.core.yaml_reader import YamlTooBig, read_yaml
+from cifar_pipeline.core.recipes import RECIPES_FILE, read_recipes, recipe_names, resolve_recipe
+from cifar_pipeline.core.yaml_reader import read_yaml_file
 
 DEFAULT_PATH = Path("params.yaml")
-RECIPES_FILE = "recipes.yaml"  # beside params.yaml
-FROM_RECIPE = "recipe"  # a train value that takes the chosen recipe's
 MAX_SEED = 2**32 - 1  # NumPy's legacy seeding, which Keras uses, takes 32 bits
 
 
@@ -212,73 +207,6 @@ def _data(value: Any, name: str) -> DataParams:
     return read_section(DataParams, value, f"data.{name}", RULES, {"label_mode": choice(*SPECS[name].label_fields)})
 
 
-def _recipe_name(value: Any, recipes: dict[str, Any], where: str = "recipe") -> str:
-    if not isinstance(value, str) or value not in recipes:
-        raise ParamsError(
-            f"params.yaml: {where} {value!r} is not in {RECIPES_FILE}{did_you_mean(value, recipes)}; "
-            f"choose one of {sorted(recipes)}"
-        )
-    return value
-
-
-def recipe_names(value: Any, recipes: dict[str, Any], datasets: tuple[str, ...]) -> dict[str, str]:
-    """Each listed dataset's recipe: `recipe` is one name for all, or a mapping dataset -> name."""
-    if not isinstance(value, dict):
-        name = _recipe_name(value, recipes)
-        return dict.fromkeys(datasets, name)
-    for key in value:
-        if key not in SPECS:
-            raise ParamsError(
-                f"params.yaml: recipe names a recipe for unknown dataset {key!r}{did_you_mean(key, SPECS)}; "
-                f"its keys are dataset names from {sorted(SPECS)}"
-            )
-    if missing := [name for name in datasets if name not in value]:
-        raise ParamsError(
-            f"params.yaml: recipe names no recipe for {missing[0]}; add `{missing[0]}: <recipe>` under recipe, "
-            f"or write one name for every dataset (`recipe: airbench94`)"
-        )
-    return {name: _recipe_name(value[name], recipes, f"recipe.{name}") for name in datasets}
-
-
-def resolve_recipe(train: Any, recipe: Any, name: str) -> tuple[Any, tuple[str, ...]]:
-    """params.yaml's train section with each `recipe` value replaced by the recipe's, and the
-    keys params.yaml sets itself where the recipe has a value (its overrides)."""
-    overrides: list[str] = []
-
-    def merge(ours: Any, theirs: Any, where: str) -> Any:
-        if not isinstance(ours, dict):
-            return ours
-        inside = name + where.removeprefix("train")  # the same place in recipes.yaml
-        if not isinstance(theirs, dict):
-            raise ParamsError(f"{RECIPES_FILE}: {inside} must be a mapping of keys like params.yaml's {where}")
-        for key in theirs:
-            if key not in ours:
-                raise ParamsError(
-                    f"{RECIPES_FILE}: {inside}.{key} is not a key of params.yaml's {where}"
-                    f"{did_you_mean(key, ours, f'{inside}.')}; fix the recipe, or add `{key}: {FROM_RECIPE}` "
-                    f"to params.yaml's {where}"
-                )
-        merged = {}
-        for key, value in ours.items():
-            dotted = f"{where}.{key}"
-            if value == FROM_RECIPE:
-                if key not in theirs:
-                    raise ParamsError(
-                        f"params.yaml: {dotted} is '{FROM_RECIPE}', but {RECIPES_FILE}'s {name!r} has no value for it; "
-                        f"write a value for {dotted} in params.yaml, or add {key} to the recipe"
-                    )
-                merged[key] = theirs[key]
-            elif isinstance(value, dict):
-                merged[key] = merge(value, theirs.get(key, {}), dotted)
-            else:
-                if key in theirs:
-                    overrides.append(dotted)
-                merged[key] = value
-        return merged
-
-    return merge(train, recipe, "train"), tuple(sorted(overrides))
-
-
 def parse_params(raw: Any, recipes: dict[str, Any] | None = None, dataset: str | None = None) -> Params:
     """The validated params as `dataset`'s stages see them (its recipe resolved into `train`);
     every listed dataset's recipe is checked either way. Without `dataset`: the first listed one's.
@@ -319,55 +247,6 @@ def load_params(path: Path | str = DEFAULT_PATH, dataset: str | None = None) -> 
     path = Path(path)
     raw = read_yaml_file(path, "run from the project root, where params.yaml lives")
     return parse_params(raw, read_recipes(path.parent / RECIPES_FILE), dataset)
-
-
-def write_resolved_train(params: Params, dataset: str, path: Path) -> None:
-    """The recipe stage's output: `dataset`'s resolved train values as dotted keys (sorted JSON,
-    so equal values give an equal file and DVC reruns nothing)."""
-    params.dataset(dataset)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as tmp:
-        write_json(tmp, flatten(params.train, "train."))
-
-
-def check_resolved_train(params: Params, dataset: str, path: Path) -> None:
-    """Refuse to train with values other than those the recipe stage resolved (params.yaml or
-    recipes.yaml edited in between): dvc.lock would record that file for another model."""
-    recorded = read_json(path)
-    ours = json.loads(json.dumps(flatten(params.train, "train.")))
-    if recorded != ours:
-        changed = sorted(k for k in set(recorded) | set(ours) if recorded.get(k) != ours.get(k))
-        key = changed[0]
-        raise ParamsError(
-            f"{dataset}'s train values changed after the recipe stage resolved them ({key} "
-            f"{recorded.get(key)!r} -> {ours.get(key)!r}); run `dvc repro` again"
-        )
-
-
-def read_recipes(path: Path | str) -> dict[str, Any]:
-    """recipes.yaml: recipe names, each mapped to its train values."""
-    path = Path(path)
-    recipes = read_yaml_file(path, "it holds the named recipes and belongs beside params.yaml (restore it from git)")
-    if not isinstance(recipes, dict) or not recipes or not all(isinstance(v, dict) for v in recipes.values()):
-        raise ParamsError(f"{path} must map each recipe name to its train values; restore it from git")
-    return recipes
-
-
-def read_yaml_file(path: Path, missing: str) -> Any:
-    try:
-        return read_yaml(path.read_text(encoding="utf-8"), str(path))
-    except FileNotFoundError:
-        raise ParamsError(f"{path} not found: {missing}") from None
-    except UnicodeDecodeError as err:
-        raise ParamsError(
-            f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); save it as UTF-8"
-        ) from None
-    except YamlTooBig as err:
-        raise ParamsError(str(err)) from None
-    except _YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        raise ParamsError(f"{path} is not valid YAML{at}: {getattr(err, 'problem', err)}; fix the syntax") from None
 
 
 def flatten(params: Any, prefix: str = "") -> dict[str, Any]:

@@ -3,11 +3,14 @@ and dvc.yaml."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
+from ruamel.yaml import YAMLError as _YAMLError
 
 from cifar_pipeline.core.errors import PipelineError
+from cifar_pipeline.core.param_readers import ParamsError
 
 
 class YamlTooBig(PipelineError, ValueError):
@@ -56,3 +59,20 @@ def _check_bounds(value: Any, name: str) -> None:
             raise YamlTooBig(_too_deep(name))
         children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
         pending.extend((child, depth + 1) for child in children)
+
+
+def read_yaml_file(path: Path, missing: str) -> Any:
+    try:
+        return read_yaml(path.read_text(encoding="utf-8"), str(path))
+    except FileNotFoundError:
+        raise ParamsError(f"{path} not found: {missing}") from None
+    except UnicodeDecodeError as err:
+        raise ParamsError(
+            f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); save it as UTF-8"
+        ) from None
+    except YamlTooBig as err:
+        raise ParamsError(str(err)) from None
+    except _YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ParamsError(f"{path} is not valid YAML{at}: {getattr(err, 'problem', err)}; fix the syntax") from None

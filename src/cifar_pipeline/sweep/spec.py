@@ -20,7 +20,9 @@ from cifar_pipeline.core.datasets import SPECS
 from cifar_pipeline.core.errors import PipelineError
 from cifar_pipeline.core.metric_names import LOSS_KEYS, TOP5_ACCURACY
 from cifar_pipeline.core.param_readers import ParamsError, did_you_mean
-from cifar_pipeline.core.params import DEFAULT_PATH, RECIPES_FILE, Params, parse_params, read_recipes, read_yaml_file
+from cifar_pipeline.core.params import DEFAULT_PATH, Params, parse_params
+from cifar_pipeline.core.recipes import RECIPES_FILE, read_recipes
+from cifar_pipeline.core.yaml_reader import read_yaml_file
 
 SWEEPS_FILE = Path("sweeps.yaml")
 METRICS = {"val_accuracy": "maximize", f"val_{TOP5_ACCURACY}": "maximize", LOSS_KEYS[1]: "minimize"}
