@@ -3,7 +3,7 @@ name alike: the trial's description in the environment, the Optuna user attribut
 writes, and the MLflow tags of a trial's run.
 
 The worker runs a trial as `dvc exp run`, so the only way in is the environment: it sets
-`CIFAR_SWEEP_TRIAL` (JSON: storage URL, study, trial id and number, metric, dataset, parent run).
+`CIFAR_SWEEP_TRIAL` (JSON: storage URL, sweep (the study's name), trial id and number, metric, dataset, parent run).
 Without it (every ordinary `dvc repro`) nothing reads any of this. The variable may hold a
 database password; nothing prints or logs it.
 """
@@ -28,8 +28,7 @@ SWEEP_TAG, TRIAL_TAG, STATE_TAG = "sweep", "trial", "state"
 @dataclass(frozen=True)
 class SweepTrial:
     storage: str
-    study: str
-    sweep: str
+    sweep: str  # also its Optuna study's name
     trial_id: int
     number: int
     metric: str

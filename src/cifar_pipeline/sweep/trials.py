@@ -1,7 +1,7 @@
 """One sweep worker: ask Optuna for a trial, run it as a DVC experiment in its own temporary
 workspace (`dvc exp run --temp`), tell Optuna how it ended; until the sweep has its trials.
 
-The train stage reports each epoch to the study itself (training/sweep_trial.py), so the pruner
+The train stage reports each epoch to the study itself (training/trial_reporting.py), so the pruner
 sees the curve while it is drawn; a pruned trial's stage stops and DVC keeps nothing of it.
 """
 
@@ -161,7 +161,6 @@ class Worker:
         """`dvc exp run --temp` of the sweep's train stage with the trial's values; its exit code."""
         description = SweepTrial(
             storage=self.storage_url,
-            study=self.sweep.name,
             sweep=self.sweep.name,
             trial_id=trial._trial_id,
             number=trial.number,

@@ -25,7 +25,7 @@ def _trial(sweep: SweepTrial):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pruner = make_pruner(sweep.prune_after_epochs, sweep.prune_startup_trials)
-    study = optuna.load_study(study_name=sweep.study, storage=sweep.storage, pruner=pruner)
+    study = optuna.load_study(study_name=sweep.sweep, storage=sweep.storage, pruner=pruner)
     return optuna.Trial(study, sweep.trial_id), study
 
 
